@@ -1,0 +1,28 @@
+# PathRay: the two commands of the README are `make demo` and `make test`.
+SHELL := /bin/bash
+VENV ?= $(or $(PATHRAY_VENV),$(HOME)/.cache/pathray/venv-py311)
+export PATHRAY_VENV := $(VENV)
+PY := $(VENV)/bin/python
+
+.PHONY: setup setup-test demo test lint bench
+
+setup:
+	@scripts/setup.sh core >/dev/null
+
+setup-test:
+	@scripts/setup.sh test >/dev/null
+
+demo: setup
+	$(VENV)/bin/pathray demo
+
+test: setup-test
+	@scripts/ensure-postgres.sh
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: setup-test
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+bench: setup
+	$(PY) -m benchmarks.run_all

@@ -1,0 +1,5 @@
+"""``python -m pathray``: the same as the ``pathray`` command."""
+
+from pathray.cli import main
+
+main()

@@ -1,0 +1,37 @@
+"""The hot catalog: a small transactional SQL store (SQLite by default, PostgreSQL on a cluster).
+
+It keeps slides and their replicas on stores, image sets (with protection), annotation sets and
+annotations (WKB geometry plus indexed bounding boxes), runs, the locations of their results in
+the cold store, evaluations, users and an append-only audit log. Open it with
+:meth:`Catalog.open`; the schema is managed by the Alembic migrations in ``migrations/``.
+"""
+
+from pathray.catalog.api import Catalog
+from pathray.catalog.records import (
+    Annotation,
+    AnnotationSet,
+    AuditEntry,
+    Evaluation,
+    ImageSet,
+    Replica,
+    ResultLocation,
+    Run,
+    Slide,
+    SlideStore,
+    User,
+)
+
+__all__ = [
+    "Annotation",
+    "AnnotationSet",
+    "AuditEntry",
+    "Catalog",
+    "Evaluation",
+    "ImageSet",
+    "Replica",
+    "ResultLocation",
+    "Run",
+    "Slide",
+    "SlideStore",
+    "User",
+]

@@ -1,0 +1,331 @@
+"""The hot catalog's tables, as SQLAlchemy 2 typed ORM classes.
+
+The ORM classes end in ``Row`` and stay inside the catalog package; callers get the frozen
+records of :mod:`pathray.catalog.records`. The schema itself is created and changed only by the
+Alembic migrations in ``migrations/versions``; these classes must match them (a test compares
+the two).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    Dialect,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    false,
+    func,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+USER_ROLES = ("clinician", "engineer", "admin")
+MPP_SOURCES = ("file", "user")
+ANNOTATION_SET_KINDS = ("reference", "correction", "import", "model")
+ANNOTATION_SOURCES = ("human", "model", "correction", "import")
+RUN_STATUSES = ("pending", "running", "succeeded", "failed", "cancelled")
+RESULT_KINDS = ("objects", "tiles")
+
+JSONType = JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
+
+
+def utcnow() -> datetime:
+    """Return the current time as a timezone-aware UTC datetime."""
+    return datetime.now(UTC)
+
+
+def _in_check(column: str, values: tuple[str, ...]) -> str:
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timestamp stored in UTC and always read back timezone-aware (UTC), on every dialect.
+
+    SQLite keeps no time zone, so values are normalised to UTC before they are written and
+    tagged UTC when read.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        """Convert an aware datetime to UTC (naive datetimes are taken as UTC already)."""
+        if value is None:
+            return None
+        value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        """Tag the stored value as UTC."""
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _created_at() -> Mapped[datetime]:
+    return mapped_column(UTCDateTime(), nullable=False, default=utcnow, server_default=func.now())
+
+
+class Base(DeclarativeBase):
+    """Declarative base of the catalog tables (shared metadata with a naming convention)."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class UserRow(Base):
+    """A person or service acting on the catalog."""
+
+    __tablename__ = "users"
+    __table_args__ = (CheckConstraint(_in_check("role", USER_ROLES), name="role"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True, nullable=False)
+    role: Mapped[str] = mapped_column(String(16), nullable=False)
+    created_at: Mapped[datetime] = _created_at()
+
+
+class SlideStoreRow(Base):
+    """A storage root (folder or URI) holding slide files."""
+
+    __tablename__ = "slide_stores"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True, nullable=False)
+    root: Mapped[str] = mapped_column(Text, nullable=False)
+    created_at: Mapped[datetime] = _created_at()
+
+
+class SlideRow(Base):
+    """One logical slide, identified by the SHA-256 of its content."""
+
+    __tablename__ = "slides"
+    __table_args__ = (
+        CheckConstraint(
+            "(mpp IS NULL AND mpp_source IS NULL) OR "
+            f"(mpp IS NOT NULL AND mpp > 0 AND {_in_check('mpp_source', MPP_SOURCES)})",
+            name="mpp_source",
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(512), nullable=False, index=True)
+    checksum: Mapped[str] = mapped_column(String(64), unique=True, nullable=False)
+    vendor: Mapped[str | None] = mapped_column(String(64))
+    format: Mapped[str | None] = mapped_column(String(64))
+    width: Mapped[int] = mapped_column(Integer, nullable=False)
+    height: Mapped[int] = mapped_column(Integer, nullable=False)
+    level_count: Mapped[int] = mapped_column(Integer, nullable=False)
+    level_dimensions: Mapped[list[Any]] = mapped_column(JSONType, nullable=False)
+    level_downsamples: Mapped[list[Any]] = mapped_column(JSONType, nullable=False)
+    mpp: Mapped[float | None] = mapped_column(Float)
+    mpp_source: Mapped[str | None] = mapped_column(String(8))
+    objective_power: Mapped[float | None] = mapped_column(Float)
+    properties: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False)
+    created_at: Mapped[datetime] = _created_at()
+
+
+class ReplicaRow(Base):
+    """A copy of a slide's file on one store."""
+
+    __tablename__ = "replicas"
+    __table_args__ = (
+        UniqueConstraint("slide_id", "store_id", name="uq_replicas_slide_store"),
+        UniqueConstraint("store_id", "relative_path", name="uq_replicas_store_path"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    slide_id: Mapped[int] = mapped_column(
+        ForeignKey("slides.id", ondelete="CASCADE"), nullable=False
+    )
+    store_id: Mapped[int] = mapped_column(ForeignKey("slide_stores.id"), nullable=False)
+    relative_path: Mapped[str] = mapped_column(Text, nullable=False)
+
+
+class ImageSetRow(Base):
+    """A named set of slides; protected sets freeze their membership and annotations."""
+
+    __tablename__ = "image_sets"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(256), unique=True, nullable=False)
+    description: Mapped[str] = mapped_column(Text, nullable=False, default="", server_default="")
+    protected: Mapped[bool] = mapped_column(
+        Boolean, nullable=False, default=False, server_default=false()
+    )
+    created_at: Mapped[datetime] = _created_at()
+
+
+class ImageSetMemberRow(Base):
+    """Membership of a slide in an image set (many-to-many)."""
+
+    __tablename__ = "image_set_members"
+
+    image_set_id: Mapped[int] = mapped_column(
+        ForeignKey("image_sets.id", ondelete="CASCADE"), primary_key=True
+    )
+    slide_id: Mapped[int] = mapped_column(
+        ForeignKey("slides.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
+
+
+class AnnotationSetRow(Base):
+    """A named collection of annotations: a reference, a correction, an import or model output."""
+
+    __tablename__ = "annotation_sets"
+    __table_args__ = (CheckConstraint(_in_check("kind", ANNOTATION_SET_KINDS), name="kind"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(256), unique=True, nullable=False)
+    image_set_id: Mapped[int | None] = mapped_column(ForeignKey("image_sets.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(16), nullable=False)
+    parent_run_id: Mapped[str | None] = mapped_column(ForeignKey("runs.id"))
+    parent_unit: Mapped[str | None] = mapped_column(String(256))
+    labels: Mapped[list[Any]] = mapped_column(JSONType, nullable=False)
+    created_at: Mapped[datetime] = _created_at()
+
+
+class AnnotationRow(Base):
+    """One annotated shape: WKB geometry in level-0 pixels plus its indexed bounding box."""
+
+    __tablename__ = "annotations"
+    __table_args__ = (
+        CheckConstraint(_in_check("source", ANNOTATION_SOURCES), name="source"),
+        Index(
+            "ix_annotations_bbox",
+            "annotation_set_id",
+            "slide_id",
+            "min_x",
+            "max_x",
+            "min_y",
+            "max_y",
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    annotation_set_id: Mapped[int] = mapped_column(
+        ForeignKey("annotation_sets.id", ondelete="CASCADE"), nullable=False
+    )
+    slide_id: Mapped[int] = mapped_column(
+        ForeignKey("slides.id", ondelete="CASCADE"), nullable=False, index=True
+    )
+    geometry: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
+    geom_type: Mapped[str] = mapped_column(String(32), nullable=False)
+    min_x: Mapped[float] = mapped_column(Float, nullable=False)
+    min_y: Mapped[float] = mapped_column(Float, nullable=False)
+    max_x: Mapped[float] = mapped_column(Float, nullable=False)
+    max_y: Mapped[float] = mapped_column(Float, nullable=False)
+    label: Mapped[str | None] = mapped_column(String(256))
+    author: Mapped[str] = mapped_column(String(128), nullable=False)
+    source: Mapped[str] = mapped_column(String(16), nullable=False)
+    properties: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False)
+    created_at: Mapped[datetime] = _created_at()
+    modified_at: Mapped[datetime] = mapped_column(
+        UTCDateTime(), nullable=False, default=utcnow, server_default=func.now()
+    )
+
+
+class RunRow(Base):
+    """One execution of a pipeline version over an image set."""
+
+    __tablename__ = "runs"
+    __table_args__ = (CheckConstraint(_in_check("status", RUN_STATUSES), name="status"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    pipeline_name: Mapped[str] = mapped_column(String(256), nullable=False)
+    pipeline_version: Mapped[str] = mapped_column(String(64), nullable=False)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False)
+    config_hash: Mapped[str] = mapped_column(String(128), nullable=False)
+    code_version: Mapped[str] = mapped_column(String(128), nullable=False)
+    image_set_id: Mapped[int] = mapped_column(
+        ForeignKey("image_sets.id"), nullable=False, index=True
+    )
+    requester: Mapped[str] = mapped_column(String(128), nullable=False)
+    status: Mapped[str] = mapped_column(String(16), nullable=False)
+    progress: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = _created_at()
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class ResultLocationRow(Base):
+    """Where the cold store keeps one unit version's output for one slide of one run."""
+
+    __tablename__ = "result_locations"
+    __table_args__ = (
+        CheckConstraint(_in_check("kind", RESULT_KINDS), name="kind"),
+        UniqueConstraint(
+            "run_id",
+            "slide_id",
+            "unit_name",
+            "unit_version",
+            "kind",
+            name="uq_result_locations_key",
+        ),
+        Index("ix_result_locations_slide_id", "slide_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), nullable=False)
+    slide_id: Mapped[int] = mapped_column(ForeignKey("slides.id"), nullable=False)
+    unit_name: Mapped[str] = mapped_column(String(256), nullable=False)
+    unit_version: Mapped[str] = mapped_column(String(64), nullable=False)
+    kind: Mapped[str] = mapped_column(String(16), nullable=False)
+    uri: Mapped[str] = mapped_column(Text, nullable=False)
+    row_count: Mapped[int] = mapped_column(Integer, nullable=False)
+    created_at: Mapped[datetime] = _created_at()
+
+
+class EvaluationRow(Base):
+    """Metrics of a run against a reference annotation set (per slide, or overall when NULL)."""
+
+    __tablename__ = "evaluations"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[str] = mapped_column(
+        ForeignKey("runs.id", ondelete="CASCADE"), nullable=False, index=True
+    )
+    annotation_set_id: Mapped[int] = mapped_column(ForeignKey("annotation_sets.id"), nullable=False)
+    slide_id: Mapped[int | None] = mapped_column(ForeignKey("slides.id"))
+    unit_name: Mapped[str | None] = mapped_column(String(256))
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False)
+    created_at: Mapped[datetime] = _created_at()
+
+
+class AuditRow(Base):
+    """One append-only audit entry: who did what to which entity."""
+
+    __tablename__ = "audit_log"
+    __table_args__ = (Index("ix_audit_log_entity", "entity", "entity_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(
+        UTCDateTime(), nullable=False, default=utcnow, server_default=func.now()
+    )
+    actor: Mapped[str] = mapped_column(String(128), nullable=False)
+    action: Mapped[str] = mapped_column(String(64), nullable=False)
+    entity: Mapped[str] = mapped_column(String(64), nullable=False)
+    entity_id: Mapped[str] = mapped_column(String(128), nullable=False)
+    details: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False)

@@ -1,0 +1,376 @@
+"""The ``pathray`` command: the same operations locally (embedded Ray) or on a cluster.
+
+User mistakes (a missing file, an unknown set, a protected set, an invalid spec) print one clear
+line and exit with status 2; only bugs show a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+from rich.table import Table
+
+from pathray.config import Settings
+from pathray.errors import PathRayError
+
+app = typer.Typer(help="PathRay: digital-pathology model management on Ray.", no_args_is_help=True)
+slides_app = typer.Typer(help="Register and inspect slides.", no_args_is_help=True)
+sets_app = typer.Typer(help="Image sets: create, fill, protect.", no_args_is_help=True)
+ann_app = typer.Typer(help="Annotation import and export.", no_args_is_help=True)
+runs_app = typer.Typer(help="Runs and their results.", no_args_is_help=True)
+app.add_typer(slides_app, name="slides")
+app.add_typer(sets_app, name="sets")
+app.add_typer(ann_app, name="annotations")
+app.add_typer(runs_app, name="runs")
+
+console = Console()
+err = Console(stderr=True)
+F = TypeVar("F", bound=Callable[..., Any])
+Actor = Annotated[str, typer.Option(help="Who acts (recorded in the audit log).")]
+
+
+def friendly(fn: F) -> F:
+    """Turn PathRayError into one red line and exit status 2."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except PathRayError as exc:
+            err.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _catalog() -> Any:
+    from pathray.catalog import Catalog
+
+    settings = Settings.from_env()
+    settings.home.mkdir(parents=True, exist_ok=True)
+    return Catalog.open(settings.catalog_url)
+
+
+def _store() -> Any:
+    from pathray.results.store import ColdStore
+
+    return ColdStore(Settings.from_env().cold_root)
+
+
+def _slide_id(catalog: Any, ref: str) -> int:
+    return int(catalog.get_slide(int(ref) if ref.isdigit() else ref).id)
+
+
+@app.command()
+@friendly
+def init() -> None:
+    """Create PATHRAY_HOME with an empty catalog and cold store."""
+    settings = Settings.from_env()
+    settings.cold_root.mkdir(parents=True, exist_ok=True)
+    _catalog()
+    console.print(f"catalog: {settings.catalog_url}\ncold store: {settings.cold_root}")
+
+
+@slides_app.command("add")
+@friendly
+def slides_add(
+    path: Annotated[Path, typer.Argument(help="Slide file, DICOM folder, or folder to search.")],
+    store: Annotated[str, typer.Option(help="Slide store the files live on.")] = "local",
+    image_set: Annotated[str | None, typer.Option("--set", help="Add to this image set.")] = None,
+    mpp: Annotated[float | None, typer.Option(help="mpp for slides that declare none.")] = None,
+    actor: Actor = "cli",
+) -> None:
+    """Register slides; bad files are reported and the rest register."""
+    from pathray.slides.register import register_slides
+
+    catalog = _catalog()
+    with console.status("probing slides...") as status:
+        report = register_slides(
+            catalog,
+            path,
+            store=store,
+            mpp=mpp,
+            image_set=image_set,
+            actor=actor,
+            on_slide=lambda p: status.update(f"probing {p.name}"),
+        )
+    for slide in report.registered:
+        console.print(f"[green]registered[/green] {slide.id:>4}  {slide.name}")
+    for bad, reason in report.rejected.items():
+        err.print(f"[red]rejected[/red] {bad}: {reason}")
+    if report.rejected and not report.registered:
+        raise typer.Exit(2)
+
+
+@slides_app.command("list")
+@friendly
+def slides_list(
+    image_set: Annotated[str | None, typer.Option("--set", help="Only this image set.")] = None,
+) -> None:
+    """List registered slides."""
+    table = Table("id", "name", "format", "size (px)", "levels", "mpp")
+    for s in _catalog().list_slides(image_set):
+        mpp = f"{s.mpp:.3f}" if s.mpp else "-"
+        table.add_row(str(s.id), s.name, s.format or "-", f"{s.width} x {s.height}", str(s.level_count), mpp)
+    console.print(table)
+
+
+@slides_app.command("show")
+@friendly
+def slides_show(slide: Annotated[str, typer.Argument(help="Slide id or name.")]) -> None:
+    """Show a slide's metadata, replicas and image sets."""
+    catalog = _catalog()
+    s = catalog.get_slide(int(slide) if slide.isdigit() else slide)
+    console.print_json(json.dumps(_jsonable(s)))
+    for replica in catalog.replicas_of(s.id):
+        mark = "ok" if Path(replica.location).exists() else "MISSING"
+        console.print(f"replica: {replica.location} [{mark}]")
+    console.print(f"image sets: {', '.join(catalog.image_sets_of(s.id)) or '-'}")
+
+
+def _jsonable(record: Any) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    return json.loads(json.dumps(asdict(record), default=str))
+
+
+@sets_app.command("create")
+@friendly
+def sets_create(name: str, description: str = "", actor: Actor = "cli") -> None:
+    """Create an image set."""
+    _catalog().create_image_set(name, description, actor=actor)
+    console.print(f"created image set {name}")
+
+
+@sets_app.command("add")
+@friendly
+def sets_add(
+    name: str,
+    slides: Annotated[list[str], typer.Argument(help="Slide ids or names.")],
+    actor: Actor = "cli",
+) -> None:
+    """Add slides to an image set."""
+    catalog = _catalog()
+    catalog.add_to_image_set(name, [_slide_id(catalog, s) for s in slides], actor=actor)
+    console.print(f"added {len(slides)} slide(s) to {name}")
+
+
+@sets_app.command("remove")
+@friendly
+def sets_remove(
+    name: str,
+    slides: Annotated[list[str], typer.Argument(help="Slide ids or names.")],
+    actor: Actor = "cli",
+) -> None:
+    """Remove slides from an image set."""
+    catalog = _catalog()
+    catalog.remove_from_image_set(name, [_slide_id(catalog, s) for s in slides], actor=actor)
+    console.print(f"removed {len(slides)} slide(s) from {name}")
+
+
+@sets_app.command("protect")
+@friendly
+def sets_protect(name: str, actor: Actor = "cli") -> None:
+    """Freeze an image set's membership and annotations."""
+    _catalog().protect(name, actor=actor)
+    console.print(f"{name} is protected")
+
+
+@sets_app.command("list")
+@friendly
+def sets_list() -> None:
+    """List image sets."""
+    table = Table("name", "slides", "protected", "description")
+    for s in _catalog().list_image_sets():
+        table.add_row(s.name, str(s.slide_count), "yes" if s.protected else "", s.description)
+    console.print(table)
+
+
+@ann_app.command("import")
+@friendly
+def annotations_import(
+    file: Path,
+    annotation_set: Annotated[str, typer.Option("--set", help="Annotation set (created if new).")],
+    slide: Annotated[str, typer.Option(help="Slide id or name the file annotates.")],
+    image_set: Annotated[str | None, typer.Option(help="Image set of a new annotation set.")] = None,
+    actor: Actor = "cli",
+) -> None:
+    """Import GeoJSON, ASAP XML, ImageScope XML, instance masks or ImageJ ROIs."""
+    from pathray.formats import read_annotations
+    from pathray.formats.catalog_io import import_records
+
+    catalog = _catalog()
+    n = import_records(
+        catalog,
+        read_annotations(file),
+        annotation_set=annotation_set,
+        slide_id=_slide_id(catalog, slide),
+        image_set=image_set,
+        author=actor,
+    )
+    console.print(f"imported {n} annotation(s) into {annotation_set}")
+
+
+@ann_app.command("export")
+@friendly
+def annotations_export(
+    annotation_set: Annotated[str, typer.Argument(help="Annotation set name.")],
+    slide: Annotated[str, typer.Option(help="Slide id or name.")],
+    out: Annotated[Path, typer.Option(help="Output file.")],
+    fmt: Annotated[str, typer.Option("--format", help="geojson or asap.")] = "geojson",
+) -> None:
+    """Export one slide's annotations."""
+    from pathray.formats import write_annotations
+    from pathray.formats.catalog_io import export_records
+
+    catalog = _catalog()
+    records = export_records(catalog, annotation_set, _slide_id(catalog, slide))
+    write_annotations(records, out, fmt)  # type: ignore[arg-type]
+    console.print(f"wrote {len(records)} annotation(s) to {out}")
+
+
+def load_pipeline(name_or_path: str) -> Any:
+    """A pipeline spec from a YAML file or a preset name."""
+    from pathray.pipeline.spec import PipelineSpec
+
+    if Path(name_or_path).is_file():
+        return PipelineSpec.from_yaml(Path(name_or_path))
+    from pipelines.presets import load_preset
+
+    return load_preset(name_or_path)
+
+
+@app.command()
+@friendly
+def run(
+    pipeline: Annotated[str, typer.Argument(help="Preset name or pipeline YAML.")] = "nuclei",
+    image_set: Annotated[str | None, typer.Option("--set", help="Image set to process.")] = None,
+    resume: Annotated[str | None, typer.Option(help="Resume this unfinished run id.")] = None,
+    actor: Actor = "cli",
+) -> None:
+    """Run a pipeline over an image set on Ray (local, or the cluster at RAY_ADDRESS)."""
+    catalog, store = _catalog(), _store()
+    spec = load_pipeline(pipeline) if not resume else None
+    if spec is None:
+        from pathray.pipeline.spec import PipelineSpec
+
+        spec = PipelineSpec.model_validate(catalog.get_run(resume).spec)
+    result = _run_with_progress(catalog, store, spec, image_set, resume, actor)
+    _print_run(result, store)
+
+
+def _run_with_progress(
+    catalog: Any, store: Any, spec: Any, image_set: str | None, resume: str | None, actor: str
+) -> Any:
+    from pathray.engine.runner import run_pipeline
+
+    columns = ("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=err, transient=True) as bar:
+        task = bar.add_task(f"{spec.name} tiles", total=None)
+        return run_pipeline(
+            catalog,
+            store,
+            spec,
+            image_set,
+            requester=actor,
+            resume=resume,
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
+        )
+
+
+def _print_run(result: Any, store: Any) -> None:
+    console.print(f"run {result.run_id}: {result.status} in {result.seconds:.1f} s")
+    for slide_id, counts in sorted(result.counts.items()):
+        console.print(f"  slide {slide_id}: {counts['tiles']} tiles, {counts['objects']} objects")
+    for slide_id, reason in result.problems.items():
+        err.print(f"[yellow]skipped[/yellow] slide {slide_id}: {reason}")
+    console.print(f"  results: {store.uri(result.run_id, 'objects').parent}")
+
+
+@runs_app.command("list")
+@friendly
+def runs_list() -> None:
+    """List runs, newest first."""
+    table = Table("id", "pipeline", "image set", "status", "created")
+    for r in _catalog().list_runs():
+        table.add_row(r.id, f"{r.pipeline_name}@{r.pipeline_version}", r.image_set, r.status, str(r.created_at)[:19])
+    console.print(table)
+
+
+@runs_app.command("show")
+@friendly
+def runs_show(run_id: str) -> None:
+    """Show a run, its result locations and evaluations."""
+    catalog = _catalog()
+    console.print_json(json.dumps(_jsonable(catalog.get_run(run_id))))
+    for loc in catalog.result_locations(run_id=run_id):
+        console.print(f"slide {loc.slide_id} {loc.unit_name}@{loc.unit_version} {loc.kind}: {loc.uri} ({loc.row_count} rows)")
+
+
+@runs_app.command("export")
+@friendly
+def runs_export(run_id: str, out: Path) -> None:
+    """Export a run's results to Parquet."""
+    for path in _store().export_parquet(run_id, out):
+        console.print(f"wrote {path}")
+
+
+@app.command()
+@friendly
+def compare(
+    run_id: str,
+    reference: Annotated[str, typer.Option(help="Reference annotation set.")],
+    iou: Annotated[float, typer.Option(help="IoU threshold of a detection match.")] = 0.5,
+    actor: Actor = "cli",
+) -> None:
+    """Compare a run's objects with a reference annotation set; store the evaluation."""
+    from pathray.evaluate.run_eval import evaluate_run
+
+    report = evaluate_run(_catalog(), _store(), run_id, reference, iou_threshold=iou, actor=actor)
+    console.print(metrics_table(f"run {run_id} vs {reference}", report))
+
+
+def metrics_table(title: str, report: dict[str, Any]) -> Table:
+    """A rich table of per-slide and overall metrics."""
+    table = Table("slide", "ref", "pred", "precision", "recall", "F1", "Dice", "IoU", title=title)
+
+    def row(name: str, m: dict[str, Any]) -> None:
+        table.add_row(
+            name,
+            str(m.get("n_ref", "")),
+            str(m.get("n_pred", "")),
+            *(f"{m.get(k, float('nan')):.3f}" for k in ("precision", "recall", "f1", "dice", "iou")),
+        )
+
+    for name, m in report["per_slide"].items():
+        row(str(name), m)
+    row("[bold]overall[/bold]", report["overall"])
+    return table
+
+
+@app.command()
+@friendly
+def demo(
+    quick: Annotated[bool, typer.Option(help="Smaller synthetic slides.")] = False,
+) -> None:
+    """Make sample data, register it, run the nuclei pipeline, compare, print the metrics."""
+    from pipelines.demo import run_demo
+
+    run_demo(_catalog(), _store(), Settings.from_env(), console=console, quick=quick)
+
+
+def main() -> None:
+    """Entry point of the ``pathray`` console script."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)

@@ -1,0 +1,50 @@
+"""Where PathRay keeps its state, read from the environment.
+
+``PATHRAY_HOME`` (default ``./.pathray``) holds the embedded defaults: the SQLite catalog
+(``catalog.db``) and the local cold store (``cold/``). ``PATHRAY_CATALOG_URL`` points the catalog
+at any SQLAlchemy URL (PostgreSQL on a cluster), ``PATHRAY_COLD`` the cold store at a path every
+node sees, and ``RAY_ADDRESS`` the engine at a running cluster.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Resolved locations of PathRay's state.
+
+    Attributes:
+        home: Root folder of the embedded defaults.
+        catalog_url: SQLAlchemy URL of the hot catalog.
+        cold_root: Root of the cold store (Lance tables, staged fragments, artifacts).
+        ray_address: Address of a Ray cluster, or None to start a local Ray on demand.
+    """
+
+    home: Path
+    catalog_url: str
+    cold_root: Path
+    ray_address: str | None
+
+    @classmethod
+    def from_env(cls, home: str | Path | None = None) -> Settings:
+        """Read the settings from the environment.
+
+        Args:
+            home: Overrides ``PATHRAY_HOME``.
+
+        Returns:
+            The settings, with folders not yet created.
+        """
+        root = Path(home or os.environ.get("PATHRAY_HOME", ".pathray")).expanduser().resolve()
+        url = os.environ.get("PATHRAY_CATALOG_URL") or f"sqlite:///{root / 'catalog.db'}"
+        cold = Path(os.environ.get("PATHRAY_COLD", str(root / "cold"))).expanduser().resolve()
+        return cls(
+            home=root,
+            catalog_url=url,
+            cold_root=cold,
+            ray_address=os.environ.get("RAY_ADDRESS") or None,
+        )

@@ -1,0 +1,175 @@
+"""Callable classes the engine hands to ``Dataset.map_batches``: one per unit, plus the writer.
+
+:class:`UnitStage` wraps a unit (rebuilt in the actor from its import path) and takes care of
+what every unit would otherwise repeat: passing the key columns through, and, for a unit that
+turns tiles into objects, carrying each tile's keys onto its objects and adding one *tile marker*
+row per input tile (``object_id == -1``). The markers are how the writer learns that a tile was
+processed even when it held no object; units never see them.
+
+:class:`WriteStage` writes every batch to the run's staging area as two Parquet files with
+content-derived names (objects first, then the tile markers, each written to a temporary name and
+renamed), so a retried batch overwrites its own files and a tile counts as done only once its
+marker file exists.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pathray.units.base import OBJECT_KEYS, PARENT_INDEX, TILE_KEYS, Batch, Unit
+from pathray.units.registry import load_unit_class
+
+MARKER = -1
+
+
+def _is_marker(batch: Batch) -> np.ndarray:
+    if "object_id" not in batch:
+        return np.zeros(len(batch["tile_id"]), bool)
+    return np.asarray(batch["object_id"]) == MARKER
+
+
+def _take(batch: Batch, index: np.ndarray) -> Batch:
+    return {name: np.asarray(values)[index] for name, values in batch.items()}
+
+
+def _empty_like(values: np.ndarray, n: int) -> np.ndarray:
+    """``n`` placeholder values shaped like one row of ``values`` (markers' object columns)."""
+    if values.dtype == object:
+        blank = "" if len(values) and isinstance(values[0], str) else b""
+        return np.array([blank] * n, dtype=object)
+    return np.zeros((n, *values.shape[1:]), values.dtype)
+
+
+def _concat(parts: list[Batch]) -> Batch:
+    names = [name for name in parts[0] if all(name in p for p in parts)]
+    return {name: np.concatenate([np.asarray(p[name]) for p in parts]) for name in names}
+
+
+class UnitStage:
+    """Run one unit inside a Ray Data actor.
+
+    Args:
+        unit_path: Import path of the unit class (``module:qualname``).
+        config: The unit's config.
+        artifacts: Named artifact paths.
+        tile_columns: Tile-level stored scalar columns to keep on tile markers.
+    """
+
+    def __init__(
+        self,
+        unit_path: str,
+        config: dict[str, Any],
+        artifacts: dict[str, str] | None = None,
+        tile_columns: tuple[str, ...] = (),
+    ) -> None:
+        cls = load_unit_class(unit_path)
+        self.unit: Unit = cls(config, artifacts)
+        self.emits = cls.emits_objects()
+        self.tile_columns = tile_columns
+
+    def __call__(self, batch: Batch) -> Batch:
+        """Apply the unit to the batch's real rows and pass markers through."""
+        markers = _is_marker(batch)
+        if not markers.any():
+            return self._apply(batch)
+        real = _take(batch, ~markers)
+        kept = _take(batch, markers)
+        if not len(real["tile_id"]):
+            return batch
+        out = self._apply(real)
+        for name, values in out.items():
+            if name not in kept:
+                kept[name] = _empty_like(values, int(markers.sum()))
+        return _concat([out, kept])
+
+    def _apply(self, batch: Batch) -> Batch:
+        result = self.unit(batch)
+        if not self.emits:
+            return {**batch, **result}
+        parent = np.asarray(result.pop(PARENT_INDEX), np.int64)
+        n_tiles = len(batch["tile_id"])
+        objects: Batch = {key: np.asarray(batch[key])[parent] for key in TILE_KEYS}
+        # object ids number the objects of each tile 0..k-1, in the order the unit gave them
+        order = np.argsort(parent, kind="stable")
+        ids = np.empty(len(parent), np.int64)
+        counts = np.bincount(parent, minlength=n_tiles)
+        ids[order] = np.arange(len(parent)) - np.repeat(np.cumsum(counts) - counts, counts)
+        objects["object_id"] = ids
+        objects.update({name: np.asarray(values) for name, values in result.items()})
+        marker_rows: Batch = {key: np.asarray(batch[key]) for key in TILE_KEYS}
+        marker_rows["object_id"] = np.full(n_tiles, MARKER, np.int64)
+        for name in self.tile_columns:
+            if name in batch:
+                # on the objects too: every part of a batch needs the same columns
+                marker_rows[name] = np.asarray(batch[name])
+                objects[name] = np.asarray(batch[name])[parent]
+        for name, values in result.items():
+            marker_rows[name] = _empty_like(np.asarray(values), n_tiles)
+        return _concat([objects, marker_rows])
+
+
+def _table(batch: Batch, schema: pa.Schema) -> pa.Table:
+    """Build a table of the schema's columns from a batch (types fixed by the schema)."""
+    arrays = []
+    for field_ in schema:
+        values = np.asarray(batch[field_.name])
+        if values.dtype == object or values.dtype.kind == "U":
+            arrays.append(pa.array(list(values), field_.type))
+        else:
+            arrays.append(pa.array(values, field_.type))
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def _atomic_write(table: pa.Table, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    pq.write_table(table, tmp, compression="zstd")
+    os.replace(tmp, path)
+
+
+class WriteStage:
+    """Write each batch to the run's staging folder; return one summary row per batch.
+
+    Args:
+        staging: The run's staging folder.
+        object_schema: Stored columns of object rows (keys included), or None when the
+            pipeline makes no objects.
+        tile_schema: Stored columns of tile rows (keys included).
+    """
+
+    def __init__(
+        self, staging: str, object_schema: pa.Schema | None, tile_schema: pa.Schema
+    ) -> None:
+        self.staging = Path(staging)
+        self.staging.mkdir(parents=True, exist_ok=True)
+        self.object_schema = object_schema
+        self.tile_schema = tile_schema
+
+    def __call__(self, batch: Batch) -> Batch:
+        """Stage the batch; return counts of tiles and objects written."""
+        markers = _is_marker(batch) if self.object_schema is not None else None
+        tiles = batch if markers is None else _take(batch, markers)
+        pairs = zip(tiles["slide_id"], tiles["tile_id"], strict=True)
+        # Named by the tiles it holds: a retried batch overwrites its own files.
+        digest = hashlib.sha1("|".join(sorted(f"{s}:{t}" for s, t in pairs)).encode()).hexdigest()
+        digest = digest[:20]
+        n_objects = 0
+        if markers is not None and self.object_schema is not None:
+            objects = _take(batch, ~markers)
+            n_objects = len(objects["tile_id"])
+            table = _table(objects, self.object_schema)
+            _atomic_write(table, self.staging / f"{digest}.objects.parquet")
+        _atomic_write(_table(tiles, self.tile_schema), self.staging / f"{digest}.tiles.parquet")
+        return {
+            "tiles": np.array([len(tiles["tile_id"])], np.int64),
+            "objects": np.array([n_objects], np.int64),
+        }
+
+
+__all__ = ["MARKER", "OBJECT_KEYS", "UnitStage", "WriteStage"]

@@ -1,0 +1,311 @@
+"""Pixel readers for tiles, chosen by capability and priority.
+
+Registration reads metadata through TIAToolbox (:mod:`pathray.slides.probe`); the hot path of a
+run reads pixels through the fastest reader that can handle the file:
+
+- :class:`TiffTileReader` (priority 20): any TIFF whose pyramid tifffile understands (SVS with
+  JPEG or JPEG 2000, OME-TIFF, NDPI, generic tiled TIFF). It reads the compressed tiles a region
+  covers straight from the file with ``os.pread`` and decodes them with imagecodecs, keeping an
+  LRU cache of decoded tiles, so overlapping tile requests decode each file tile once.
+- :class:`TiaReader` (priority 0): anything TIAToolbox opens (DICOM WSI included), through its
+  ``read_rect``.
+
+Readers pickle as their path and are rebuilt (and cached once per process) on the other side, so
+a Ray worker opens each slide once however many tasks it runs.
+
+Example:
+    >>> reader = open_reader("../shared/data/OS-1-detail.ome.tif")  # doctest: +SKIP
+    >>> reader.read_region(0, 0, 256, 256, level=0).shape  # doctest: +SKIP
+    (256, 256, 3)
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from abc import ABC, abstractmethod
+from collections import OrderedDict
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, ClassVar
+
+import cv2
+import numpy as np
+
+from pathray.errors import SlideError
+from pathray.slides.probe import is_dicom_folder
+
+BACKGROUND = 255  # white: what lies outside a slide's bounds
+
+
+class SlideReader(ABC):
+    """Reads RGB pixels of one slide at any pyramid level.
+
+    Args:
+        path: The slide file or DICOM folder.
+    """
+
+    #: Higher wins when several readers can read a file.
+    priority: ClassVar[int] = 0
+    name: ClassVar[str] = "base"
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+
+    @classmethod
+    @abstractmethod
+    def can_read(cls, path: Path) -> bool:
+        """Whether this reader can read ``path`` (cheap: header checks only)."""
+
+    @property
+    @abstractmethod
+    def level_dimensions(self) -> tuple[tuple[int, int], ...]:
+        """``(width, height)`` of each level."""
+
+    @abstractmethod
+    def read_level(self, level: int, x: int, y: int, width: int, height: int) -> np.ndarray:
+        """Read a region in the coordinates of one level.
+
+        Args:
+            level: Pyramid level.
+            x: Left edge, in that level's pixels (may be negative or past the edge).
+            y: Top edge, in that level's pixels.
+            width: Region width in pixels.
+            height: Region height in pixels.
+
+        Returns:
+            ``(height, width, 3)`` uint8 RGB; outside the slide is white.
+        """
+
+    @property
+    def level_downsamples(self) -> tuple[float, ...]:
+        """Downsample of each level against level 0 (from the widths)."""
+        base = self.level_dimensions[0][0]
+        return tuple(base / w for w, _ in self.level_dimensions)
+
+    def best_level(self, downsample: float) -> int:
+        """The coarsest level at least as fine as ``downsample`` (tolerating 1% rounding)."""
+        best = 0
+        for level, factor in enumerate(self.level_downsamples):
+            if factor <= downsample * 1.01:
+                best = level
+        return best
+
+    def read_region(
+        self,
+        x: int,
+        y: int,
+        width: int,
+        height: int,
+        level: int = 0,
+        downsample: float | None = None,
+    ) -> np.ndarray:
+        """Read a region given in level-0 coordinates, at a downsample or a level.
+
+        Args:
+            x: Left edge in level-0 pixels.
+            y: Top edge in level-0 pixels.
+            width: Output width in pixels.
+            height: Output height in pixels.
+            level: Level to read when ``downsample`` is None.
+            downsample: Level-0 pixels per output pixel; the nearest finer level is read and
+                resized (area interpolation) when no level matches exactly.
+
+        Returns:
+            ``(height, width, 3)`` uint8 RGB.
+        """
+        if downsample is None:
+            factor = self.level_downsamples[level]
+            return self.read_level(level, round(x / factor), round(y / factor), width, height)
+        level = self.best_level(downsample)
+        factor = self.level_downsamples[level]
+        scale = downsample / factor
+        if abs(scale - 1.0) < 1e-3:
+            return self.read_level(level, round(x / factor), round(y / factor), width, height)
+        src_w, src_h = max(1, round(width * scale)), max(1, round(height * scale))
+        src = self.read_level(level, round(x / factor), round(y / factor), src_w, src_h)
+        return cv2.resize(src, (width, height), interpolation=cv2.INTER_AREA)
+
+    def __reduce__(self) -> tuple[Any, tuple[str, str]]:
+        # Pickle as the path: the other side rebuilds (and caches) its own reader.
+        return (open_reader, (self.path, self.name))
+
+
+class TiffTileReader(SlideReader):
+    """Direct tile decoding of tiled or striped TIFF pyramids with tifffile and imagecodecs.
+
+    Args:
+        path: A TIFF-based slide.
+        cache_tiles: Decoded file tiles kept per reader (LRU).
+    """
+
+    priority = 20
+    name = "tiff"
+
+    def __init__(self, path: str | Path, cache_tiles: int = 256) -> None:
+        import tifffile
+
+        super().__init__(path)
+        self._tif = tifffile.TiffFile(self.path)
+        self._levels = [lv.keyframe for lv in self._tif.series[0].levels]
+        self._dims = tuple(
+            (int(lv.shape[1]), int(lv.shape[0])) for lv in self._tif.series[0].levels
+        )
+        self._fd = os.open(self.path, os.O_RDONLY)
+        self._cache: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
+        self._cache_size = cache_tiles
+        self._lock = threading.Lock()
+
+    @classmethod
+    def can_read(cls, path: Path) -> bool:
+        """TIFF files whose first series has RGB(A) uint8 pages with a known codec."""
+        if path.is_dir():
+            return False
+        import tifffile
+
+        try:
+            with tifffile.TiffFile(path) as tif:
+                for level in tif.series[0].levels:
+                    page = level.keyframe
+                    if page.dtype != np.uint8 or page.samplesperpixel not in (3, 4):
+                        return False
+                    if page.planarconfig != 1:  # only interleaved RGB
+                        return False
+                    page.decode  # noqa: B018 - raises for unsupported codecs
+            return True
+        except Exception:
+            return False
+
+    @property
+    def level_dimensions(self) -> tuple[tuple[int, int], ...]:
+        """``(width, height)`` of each level."""
+        return self._dims
+
+    def _segment(self, level: int, index: int) -> np.ndarray:
+        key = (level, index)
+        with self._lock:
+            hit = self._cache.get(key)
+            if hit is not None:
+                self._cache.move_to_end(key)
+                return hit
+        page = self._levels[level]
+        data = os.pread(self._fd, page.databytecounts[index], page.dataoffsets[index])
+        decoded, _, _ = page.decode(data, index, jpegtables=page.jpegtables)
+        array = np.asarray(decoded)[0, :, :, :3]
+        with self._lock:
+            self._cache[key] = array
+            if len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        return array
+
+    def read_level(self, level: int, x: int, y: int, width: int, height: int) -> np.ndarray:
+        """Read a region of one level by decoding only the file tiles it covers."""
+        page = self._levels[level]
+        level_w, level_h = self._dims[level]
+        out = np.full((height, width, 3), BACKGROUND, np.uint8)
+        x0, y0 = max(x, 0), max(y, 0)
+        x1, y1 = min(x + width, level_w), min(y + height, level_h)
+        if x1 <= x0 or y1 <= y0:
+            return out
+        # Segment geometry: tiles (tile_h x tile_w) or strips (rows x full width).
+        if page.is_tiled:
+            seg_h, seg_w = int(page.tilelength), int(page.tilewidth)
+        else:
+            seg_h, seg_w = int(page.rowsperstrip) or level_h, level_w
+        per_row = -(-level_w // seg_w)
+        for row in range(y0 // seg_h, (y1 - 1) // seg_h + 1):
+            for col in range(x0 // seg_w, (x1 - 1) // seg_w + 1):
+                seg = self._segment(level, row * per_row + col)
+                sx, sy = col * seg_w, row * seg_h
+                ix0, iy0 = max(x0, sx), max(y0, sy)
+                ix1 = min(x1, sx + seg.shape[1])
+                iy1 = min(y1, sy + seg.shape[0])
+                if ix1 <= ix0 or iy1 <= iy0:
+                    continue
+                out[iy0 - y : iy1 - y, ix0 - x : ix1 - x] = seg[
+                    iy0 - sy : iy1 - sy, ix0 - sx : ix1 - sx
+                ]
+        return out
+
+    def close(self) -> None:
+        """Release the file handles."""
+        os.close(self._fd)
+        self._tif.close()
+
+
+class TiaReader(SlideReader):
+    """Any slide TIAToolbox opens (DICOM WSI included), through ``read_rect``.
+
+    Args:
+        path: Slide file or DICOM folder.
+    """
+
+    priority = 0
+    name = "tiatoolbox"
+
+    def __init__(self, path: str | Path) -> None:
+        from tiatoolbox.wsicore.wsireader import DICOMWSIReader, WSIReader
+
+        from pathray.slides.probe import _quiet_tiatoolbox
+
+        super().__init__(path)
+        _quiet_tiatoolbox()
+        p = Path(path)
+        self._reader = DICOMWSIReader(p) if is_dicom_folder(p) else WSIReader.open(p)
+        self._dims = tuple((int(w), int(h)) for w, h in self._reader.info.level_dimensions)
+
+    @classmethod
+    def can_read(cls, path: Path) -> bool:
+        """TIAToolbox is the fallback: it is tried on anything."""
+        return True
+
+    @property
+    def level_dimensions(self) -> tuple[tuple[int, int], ...]:
+        """``(width, height)`` of each level."""
+        return self._dims
+
+    def read_level(self, level: int, x: int, y: int, width: int, height: int) -> np.ndarray:
+        """Read a region of one level through TIAToolbox."""
+        factor = self.level_downsamples[level]
+        region = self._reader.read_rect(
+            (round(x * factor), round(y * factor)),
+            (width, height),
+            resolution=level,
+            units="level",
+            pad_constant_values=BACKGROUND,
+        )
+        return np.ascontiguousarray(np.asarray(region)[..., :3], dtype=np.uint8)
+
+
+READERS: list[type[SlideReader]] = [TiffTileReader, TiaReader]
+
+
+@lru_cache(maxsize=32)
+def open_reader(path: str, name: str | None = None) -> SlideReader:
+    """Open (once per process) the best reader for a slide.
+
+    Args:
+        path: Slide file or DICOM folder.
+        name: Force a reader by its ``name`` (``"tiff"`` or ``"tiatoolbox"``).
+
+    Returns:
+        The reader, shared by every caller in this process.
+
+    Raises:
+        SlideError: If no reader can open the slide.
+    """
+    candidates = sorted(READERS, key=lambda cls: -cls.priority)
+    if name is not None:
+        candidates = [cls for cls in candidates if cls.name == name]
+        if not candidates:
+            names = [cls.name for cls in READERS]
+            raise SlideError(path, f"reader must be one of {names}. Got {name!r} instead.")
+    errors = []
+    for cls in candidates:
+        if name is None and not cls.can_read(Path(path)):
+            continue
+        try:
+            return cls(path)
+        except Exception as exc:  # try the next reader, keep the reason
+            errors.append(f"{cls.name}: {type(exc).__name__}: {exc}")
+    raise SlideError(path, "no reader could open it (" + "; ".join(errors) + ")")

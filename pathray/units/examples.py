@@ -1,0 +1,95 @@
+"""Small reference units: a no-op (engine overhead) and a dark-blob detector (tile -> object).
+
+They document the contract by example and give the engine's tests units whose output is easy to
+predict, without the cost of the real nucleus pipeline.
+"""
+
+from __future__ import annotations
+
+import time
+
+import cv2
+import numpy as np
+import shapely
+from pydantic import Field
+
+from pathray.units.base import PARENT_INDEX, Batch, Column, Resources, Unit, UnitConfig
+
+
+class NoOp(Unit):
+    """Pass tiles through, adding a constant column (measures the engine's overhead)."""
+
+    name = "noop"
+    inputs = (Column("image", "uint8", (None, None, 3)),)
+    outputs = (Column("noop", "int8", stored=False),)
+    resources = Resources(num_cpus=0.25)
+    batch_size = 64
+
+    def __call__(self, batch: Batch) -> Batch:
+        """Return a zero per row."""
+        return {"noop": np.zeros(len(batch["image"]), np.int8)}
+
+
+class DarkBlobsConfig(UnitConfig):
+    """Config of :class:`DarkBlobs`.
+
+    Attributes:
+        threshold: Grey level below which a pixel belongs to a blob.
+        min_area: Smallest blob kept, in tile pixels.
+        delay_s: Simulated model latency per batch (engine tests and benchmarks).
+    """
+
+    threshold: int = Field(100, ge=0, le=255)
+    min_area: int = Field(4, ge=1)
+    delay_s: float = Field(0.0, ge=0, le=10)
+
+
+class DarkBlobs(Unit):
+    """Connected dark regions of each tile, as polygons in level-0 coordinates."""
+
+    name = "dark_blobs"
+    Config = DarkBlobsConfig
+    inputs = (Column("image", "uint8", (None, None, 3)),)
+    outputs = (
+        Column("polygon", "wkb", granularity="object"),
+        Column("bbox_x0", "float64", granularity="object"),
+        Column("bbox_y0", "float64", granularity="object"),
+        Column("bbox_x1", "float64", granularity="object"),
+        Column("bbox_y1", "float64", granularity="object"),
+        Column("area_px", "float64", granularity="object"),
+    )
+    resources = Resources(num_cpus=0.5)
+    batch_size = 32
+
+    def __call__(self, batch: Batch) -> Batch:
+        """Threshold, label and outline each tile; keep blobs whose centre the core owns."""
+        if self.config.delay_s:
+            time.sleep(self.config.delay_s)
+        geoms, parents = [], []
+        for i, image in enumerate(batch["image"]):
+            grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+            mask = (grey < self.config.threshold).astype(np.uint8)
+            contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+            down = float(batch["downsample"][i])
+            for contour in contours:
+                if cv2.contourArea(contour) < self.config.min_area or len(contour) < 3:
+                    continue
+                pts = contour[:, 0, :].astype(np.float64) * down
+                poly = shapely.Polygon(pts + (batch["x"][i], batch["y"][i]))
+                c = poly.centroid
+                if batch["core_x0"][i] <= c.x < batch["core_x1"][i] and (
+                    batch["core_y0"][i] <= c.y < batch["core_y1"][i]
+                ):
+                    geoms.append(poly)
+                    parents.append(i)
+        array = np.array(geoms, dtype=object)
+        bounds = shapely.bounds(array) if len(array) else np.zeros((0, 4))
+        return {
+            PARENT_INDEX: np.asarray(parents, np.int64),
+            "polygon": np.array(list(shapely.to_wkb(array)) if len(array) else [], dtype=object),
+            "bbox_x0": bounds[:, 0],
+            "bbox_y0": bounds[:, 1],
+            "bbox_x1": bounds[:, 2],
+            "bbox_y1": bounds[:, 3],
+            "area_px": shapely.area(array) if len(array) else np.zeros(0),
+        }

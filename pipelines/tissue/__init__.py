@@ -1,0 +1,1 @@
+"""Tissue masking units."""
