@@ -6,6 +6,7 @@ line and exit with status 2; only bugs show a traceback.
 
 from __future__ import annotations
 
+import getpass
 import json
 import sys
 from collections.abc import Callable
@@ -21,7 +22,11 @@ from rich.table import Table
 from pathray.config import Settings
 from pathray.errors import PathRayError
 
-app = typer.Typer(help="PathRay: digital-pathology model management on Ray.", no_args_is_help=True)
+app = typer.Typer(
+    help="PathRay: digital-pathology model management on Ray.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
 slides_app = typer.Typer(help="Register and inspect slides.", no_args_is_help=True)
 sets_app = typer.Typer(help="Image sets: create, fill, protect.", no_args_is_help=True)
 ann_app = typer.Typer(help="Annotation import and export.", no_args_is_help=True)
@@ -31,10 +36,12 @@ app.add_typer(sets_app, name="sets")
 app.add_typer(ann_app, name="annotations")
 app.add_typer(runs_app, name="runs")
 
-console = Console()
+# Wide enough for the metric tables when the output is a pipe or a CI log.
+console = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
 Actor = Annotated[str, typer.Option(help="Who acts (recorded in the audit log).")]
+ME = getpass.getuser()
 
 
 def friendly(fn: F) -> F:
@@ -72,11 +79,26 @@ def _slide_id(catalog: Any, ref: str) -> int:
 @app.command()
 @friendly
 def init() -> None:
-    """Create PATHRAY_HOME with an empty catalog and cold store."""
+    """Create PATHRAY_HOME with an empty catalog and cold store; you become its first admin."""
     settings = Settings.from_env()
     settings.cold_root.mkdir(parents=True, exist_ok=True)
-    _catalog()
+    catalog = _catalog()
+    if not catalog.list_users():
+        catalog.add_user(ME, role="admin")
+        console.print(f"admin: {ME}")
     console.print(f"catalog: {settings.catalog_url}\ncold store: {settings.cold_root}")
+
+
+@app.command("users")
+@friendly
+def users_add(
+    name: Annotated[str, typer.Argument(help="User name.")],
+    role: Annotated[str, typer.Option(help="clinician, engineer or admin.")] = "clinician",
+    actor: Actor = ME,
+) -> None:
+    """Add a user (clinician, engineer or admin)."""
+    _catalog().add_user(name, role, actor=actor)
+    console.print(f"added {role} {name}")
 
 
 @slides_app.command("add")
@@ -86,7 +108,7 @@ def slides_add(
     store: Annotated[str, typer.Option(help="Slide store the files live on.")] = "local",
     image_set: Annotated[str | None, typer.Option("--set", help="Add to this image set.")] = None,
     mpp: Annotated[float | None, typer.Option(help="mpp for slides that declare none.")] = None,
-    actor: Actor = "cli",
+    actor: Actor = ME,
 ) -> None:
     """Register slides; bad files are reported and the rest register."""
     from pathray.slides.register import register_slides
@@ -119,7 +141,9 @@ def slides_list(
     table = Table("id", "name", "format", "size (px)", "levels", "mpp")
     for s in _catalog().list_slides(image_set):
         mpp = f"{s.mpp:.3f}" if s.mpp else "-"
-        table.add_row(str(s.id), s.name, s.format or "-", f"{s.width} x {s.height}", str(s.level_count), mpp)
+        table.add_row(
+            str(s.id), s.name, s.format or "-", f"{s.width} x {s.height}", str(s.level_count), mpp
+        )
     console.print(table)
 
 
@@ -144,7 +168,7 @@ def _jsonable(record: Any) -> dict[str, Any]:
 
 @sets_app.command("create")
 @friendly
-def sets_create(name: str, description: str = "", actor: Actor = "cli") -> None:
+def sets_create(name: str, description: str = "", actor: Actor = ME) -> None:
     """Create an image set."""
     _catalog().create_image_set(name, description, actor=actor)
     console.print(f"created image set {name}")
@@ -155,7 +179,7 @@ def sets_create(name: str, description: str = "", actor: Actor = "cli") -> None:
 def sets_add(
     name: str,
     slides: Annotated[list[str], typer.Argument(help="Slide ids or names.")],
-    actor: Actor = "cli",
+    actor: Actor = ME,
 ) -> None:
     """Add slides to an image set."""
     catalog = _catalog()
@@ -168,7 +192,7 @@ def sets_add(
 def sets_remove(
     name: str,
     slides: Annotated[list[str], typer.Argument(help="Slide ids or names.")],
-    actor: Actor = "cli",
+    actor: Actor = ME,
 ) -> None:
     """Remove slides from an image set."""
     catalog = _catalog()
@@ -178,7 +202,7 @@ def sets_remove(
 
 @sets_app.command("protect")
 @friendly
-def sets_protect(name: str, actor: Actor = "cli") -> None:
+def sets_protect(name: str, actor: Actor = ME) -> None:
     """Freeze an image set's membership and annotations."""
     _catalog().protect(name, actor=actor)
     console.print(f"{name} is protected")
@@ -200,8 +224,10 @@ def annotations_import(
     file: Path,
     annotation_set: Annotated[str, typer.Option("--set", help="Annotation set (created if new).")],
     slide: Annotated[str, typer.Option(help="Slide id or name the file annotates.")],
-    image_set: Annotated[str | None, typer.Option(help="Image set of a new annotation set.")] = None,
-    actor: Actor = "cli",
+    image_set: Annotated[
+        str | None, typer.Option(help="Image set of a new annotation set.")
+    ] = None,
+    actor: Actor = ME,
 ) -> None:
     """Import GeoJSON, ASAP XML, ImageScope XML, instance masks or ImageJ ROIs."""
     from pathray.formats import read_annotations
@@ -254,7 +280,7 @@ def run(
     pipeline: Annotated[str, typer.Argument(help="Preset name or pipeline YAML.")] = "nuclei",
     image_set: Annotated[str | None, typer.Option("--set", help="Image set to process.")] = None,
     resume: Annotated[str | None, typer.Option(help="Resume this unfinished run id.")] = None,
-    actor: Actor = "cli",
+    actor: Actor = ME,
 ) -> None:
     """Run a pipeline over an image set on Ray (local, or the cluster at RAY_ADDRESS)."""
     catalog, store = _catalog(), _store()
@@ -272,7 +298,12 @@ def _run_with_progress(
 ) -> Any:
     from pathray.engine.runner import run_pipeline
 
-    columns = ("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    columns = (
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
     with Progress(*columns, console=err, transient=True) as bar:
         task = bar.add_task(f"{spec.name} tiles", total=None)
         return run_pipeline(
@@ -301,7 +332,13 @@ def runs_list() -> None:
     """List runs, newest first."""
     table = Table("id", "pipeline", "image set", "status", "created")
     for r in _catalog().list_runs():
-        table.add_row(r.id, f"{r.pipeline_name}@{r.pipeline_version}", r.image_set, r.status, str(r.created_at)[:19])
+        table.add_row(
+            r.id,
+            f"{r.pipeline_name}@{r.pipeline_version}",
+            r.image_set,
+            r.status,
+            str(r.created_at)[:19],
+        )
     console.print(table)
 
 
@@ -312,7 +349,10 @@ def runs_show(run_id: str) -> None:
     catalog = _catalog()
     console.print_json(json.dumps(_jsonable(catalog.get_run(run_id))))
     for loc in catalog.result_locations(run_id=run_id):
-        console.print(f"slide {loc.slide_id} {loc.unit_name}@{loc.unit_version} {loc.kind}: {loc.uri} ({loc.row_count} rows)")
+        console.print(
+            f"slide {loc.slide_id} {loc.unit_name}@{loc.unit_version} {loc.kind}: "
+            f"{loc.uri} ({loc.row_count} rows)"
+        )
 
 
 @runs_app.command("export")
@@ -329,7 +369,7 @@ def compare(
     run_id: str,
     reference: Annotated[str, typer.Option(help="Reference annotation set.")],
     iou: Annotated[float, typer.Option(help="IoU threshold of a detection match.")] = 0.5,
-    actor: Actor = "cli",
+    actor: Actor = ME,
 ) -> None:
     """Compare a run's objects with a reference annotation set; store the evaluation."""
     from pathray.evaluate.run_eval import evaluate_run
@@ -347,7 +387,10 @@ def metrics_table(title: str, report: dict[str, Any]) -> Table:
             name,
             str(m.get("n_ref", "")),
             str(m.get("n_pred", "")),
-            *(f"{m.get(k, float('nan')):.3f}" for k in ("precision", "recall", "f1", "dice", "iou")),
+            *(
+                f"{m.get(k, float('nan')):.3f}"
+                for k in ("precision", "recall", "f1", "dice", "pixel_iou")
+            ),
         )
 
     for name, m in report["per_slide"].items():

@@ -42,7 +42,7 @@ def reachable_replica(catalog: Catalog, slide_id: int) -> tuple[str, list[str]]:
     Raises:
         SlideError: If no replica is reachable.
     """
-    missing = []
+    missing: list[str] = []
     for replica in catalog.replicas_of(slide_id):
         location = replica.location
         if Path(location).exists():

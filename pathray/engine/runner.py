@@ -112,29 +112,40 @@ def stored_schemas(order: list[tuple[UnitSpec, type[Unit]]]) -> tuple[pa.Schema,
     return pa.schema(list(tiles.items())), pa.schema(list(objects.items()))
 
 
-def _stage_resources(order: list[tuple[UnitSpec, type[Unit]]]) -> tuple[list[dict[str, Any]], float]:
-    """Ray resources per unit stage, fitted to the cluster, and the CPUs of a read task.
+#: CPUs the writer stage declares (it only serialises small tables).
+WRITER_CPUS = 0.25
+
+
+def _stage_resources(
+    order: list[tuple[UnitSpec, type[Unit]]],
+) -> tuple[list[dict[str, Any]], dict[str, Any], float]:
+    """Ray resources of the unit stages, of the writer and of a read task, fitted to the cluster.
 
     Actors hold their CPUs while idle, so on a small machine the declared CPUs are scaled down
-    until every stage's first actor fits beside the readers (else the pipeline would deadlock).
+    until the first actor of every stage fits beside one read task (else the pipeline would wait
+    forever for a read slot).
     """
     total, gpus = cluster_cpus(), cluster_gpus()
     read_cpus = min(1.0, total * 0.25)
-    declared = sum(cls.resources.num_cpus for _, cls in order) + 0.25  # + the writer
-    scale = min(1.0, (total - read_cpus) / declared)
+    budget = total - read_cpus
+    declared = sum(cls.resources.num_cpus for _, cls in order) + WRITER_CPUS
+    scale = min(1.0, budget / declared)
     stages = []
     for _, cls in order:
-        cpus = max(cls.resources.num_cpus * scale, 0.05)
+        cpus = cls.resources.num_cpus * scale
         stage: dict[str, Any] = {
             "num_cpus": cpus,
-            "concurrency": (1, max(1, int(total // max(cls.resources.num_cpus, 1.0)))),
+            "compute": ray.data.ActorPoolStrategy(
+                min_size=1, max_size=max(1, int(budget // max(cpus, 0.25)))
+            ),
         }
         if cls.resources.num_gpus and gpus:
             stage["num_gpus"] = cls.resources.num_gpus
         if cls.resources.memory_mb:
             stage["memory"] = cls.resources.memory_mb * 2**20
         stages.append(stage)
-    return stages, read_cpus
+    writer = {"num_cpus": WRITER_CPUS * scale, "compute": ray.data.ActorPoolStrategy(size=1)}
+    return stages, writer, read_cpus
 
 
 def build_dataset(
@@ -143,7 +154,7 @@ def build_dataset(
     """The Ray Data pipeline of a run: tiles -> unit stages -> writer."""
     order = [(node, spec.unit_class(node)) for node in spec.ordered()]
     tile_schema, object_schema = stored_schemas(order)
-    stages, read_cpus = _stage_resources(order)
+    stages, writer, read_cpus = _stage_resources(order)
     ds = ray.data.read_datasource(TileDatasource(refs, block_rows), num_cpus=read_cpus)
     marker_cols = tuple(c for c in tile_schema.names if c not in TILE_KEYS)
     for (node, cls), resources in zip(order, stages, strict=True):
@@ -168,8 +179,7 @@ def build_dataset(
         },
         batch_size=None,
         batch_format="numpy",
-        num_cpus=0.25 * min(1.0, (cluster_cpus() - read_cpus) / 1.0),
-        concurrency=1,
+        **writer,
     )
 
 

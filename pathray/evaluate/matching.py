@@ -9,11 +9,11 @@ Two matchers share one optimal assignment:
 Both solve the same problem on the graph of *candidate* pairs (pairs that pass the threshold):
 choose a one-to-one matching with the **largest number of pairs**, and among those the one with
 the **largest total score** (IoU, or closeness for points). This is the convention of StarDist's
-``matching``; it equals maximum-total-IoU whenever that is unique, and always equals greedy
-matching when the threshold is 0.5 or more and each side's objects do not overlap (each object
-then has at most one candidate). Candidates whose two ends have no other candidate (the usual
-case) are matched directly; only the remaining, ambiguous ones go to a sparse Jonker-Volgenant
-solver (:func:`scipy.sparse.csgraph.min_weight_full_bipartite_matching`).
+``matching``. When the threshold is above 0.5 and neither side's objects overlap each other,
+every object has at most one candidate, so the result is also the greedy one; below 0.5 greedy
+matching can lose pairs, and this one does not. Candidates whose two ends have no other
+candidate (the usual case) are matched directly; only the remaining, ambiguous ones go to a
+sparse Jonker-Volgenant solver (see :mod:`.assignment`).
 
 Geometries are shapely 2 geometries in level-0 pixel coordinates. Candidate pairs come from an
 :class:`shapely.STRtree` bounding-box query, pruned by an IoU upper bound computed from bounding
@@ -35,17 +35,15 @@ import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from itertools import pairwise
 from typing import Any, Literal
 
 import numpy as np
-import scipy.sparse as sp
 import shapely
 from numpy.typing import ArrayLike, NDArray
-from scipy.sparse.csgraph import connected_components, min_weight_full_bipartite_matching
 from scipy.spatial import cKDTree
 
 from pathray.errors import ConfigError
+from pathray.evaluate.assignment import max_matching
 
 #: Anything accepted as a collection of geometries: a sequence or an object array of them.
 Geometries = Sequence[shapely.Geometry | None] | NDArray[np.object_]
@@ -78,6 +76,11 @@ class Matching:
     unmatched_pred: NDArray[np.int64]
     unmatched_ref: NDArray[np.int64]
     kind: Literal["iou", "distance"] = "iou"
+
+    def __post_init__(self) -> None:
+        for name in ("pred_idx", "ref_idx", "unmatched_pred", "unmatched_ref"):
+            object.__setattr__(self, name, np.asarray(getattr(self, name), dtype=_INT))
+        object.__setattr__(self, "score", np.asarray(self.score, dtype=np.float64))
 
     @property
     def iou(self) -> NDArray[np.float64]:
@@ -160,6 +163,7 @@ def match_by_iou(
     *,
     chunk_size: int = 100_000,
     n_threads: int | None = None,
+    repair: bool = True,
 ) -> Matching:
     """Match predicted polygons to reference polygons one-to-one by IoU.
 
@@ -173,7 +177,11 @@ def match_by_iou(
         threshold: Minimum IoU of a pair, in ``(0, 1]``.
         chunk_size: Predictions processed at once; bounds memory.
         n_threads: Threads computing exact intersections (shapely releases the GIL);
-            ``None`` uses up to 8 of the CPUs this process may use.
+            ``None`` uses up to 8 of the CPUs this process may use, and no more than
+            ``OMP_NUM_THREADS`` (which Ray sets to a task's CPUs).
+        repair: Replace invalid geometries (self-intersecting outlines, ...) by
+            :func:`shapely.make_valid` ones first, so their areas are right; about 2 µs per
+            object. Pass False when the inputs are known to be valid.
 
     Returns:
         The matching, with ``score`` holding the IoU of each pair.
@@ -192,7 +200,7 @@ def match_by_iou(
     if chunk_size < 1:
         raise ConfigError(f"chunk_size must be positive. Got {chunk_size} instead.")
     p, r = as_geometry_array(pred), as_geometry_array(ref)
-    pi, ri, iou = _iou_candidates(p, r, threshold, chunk_size, _threads(n_threads))
+    pi, ri, iou = _iou_candidates(p, r, threshold, chunk_size, _threads(n_threads), repair)
     return _assign(pi, ri, iou, iou, len(p), len(r), "iou")
 
 
@@ -236,6 +244,23 @@ def match_by_distance(
     return _assign(pi, ri, closeness, dist, len(p), len(r), "distance")
 
 
+def make_valid(geoms: NDArray[np.object_]) -> NDArray[np.object_]:
+    """``geoms`` with its invalid geometries made valid (a copy only when one was invalid).
+
+    Example:
+        >>> from shapely.geometry import Polygon
+        >>> bowtie = Polygon([(0, 0), (2, 2), (2, 0), (0, 2)])
+        >>> make_valid(np.array([bowtie], dtype=object))[0].area
+        2.0
+    """
+    bad = ~shapely.is_valid(geoms) & ~shapely.is_missing(geoms)
+    if not bad.any():
+        return geoms
+    out = geoms.copy()
+    out[bad] = shapely.make_valid(geoms[bad])
+    return out
+
+
 def as_points(points: ArrayLike | Geometries) -> NDArray[np.float64]:
     """Return points as an ``(N, 2)`` float array; geometries are replaced by their centroids.
 
@@ -275,53 +300,77 @@ def _threads(n_threads: int | None) -> int:
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not on Linux
         cpus = os.cpu_count() or 1
+    # Ray sets OMP_NUM_THREADS to a task's CPUs: stay within the task's share.
+    omp = os.environ.get("OMP_NUM_THREADS", "")
+    if omp.isdigit() and int(omp) > 0:
+        cpus = min(cpus, int(omp))
     return max(1, min(8, cpus))
 
 
 def _iou_candidates(
-    p: NDArray[np.object_], r: NDArray[np.object_], threshold: float, chunk: int, threads: int
+    p: NDArray[np.object_],
+    r: NDArray[np.object_],
+    threshold: float,
+    chunk: int,
+    threads: int,
+    repair: bool,
 ) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.float64]]:
-    """All pairs with IoU >= threshold, as (pred index, ref index, IoU) arrays."""
+    """All pairs with IoU >= threshold, as (pred index, ref index, IoU) arrays.
+
+    Chunks of predictions run concurrently on ``threads`` threads (shapely releases the GIL);
+    each chunk queries the tree, prunes by the IoU upper bound, then intersects exactly.
+    """
     if not len(p) or not len(r):
         return np.zeros(0, _INT), np.zeros(0, _INT), np.zeros(0)
-    tree = shapely.STRtree(r)
-    area_p, area_r = shapely.area(p), shapely.area(r)
-    box_p, box_r = shapely.bounds(p), shapely.bounds(r)
-    out: list[tuple[NDArray[Any], NDArray[Any], NDArray[Any]]] = []
+    # Several chunks per thread balance the load; a chunk still bounds the memory in use.
+    chunk = max(1, min(chunk, max(1000, -(-len(p) // (4 * threads)))))
     with ThreadPoolExecutor(threads) as pool:
-        for start in range(0, len(p), chunk):
-            qi, rj = tree.query(p[start : start + chunk])
-            qi = qi.astype(_INT) + start
-            rj = rj.astype(_INT)
+        if repair:
+            r = np.concatenate(list(pool.map(make_valid, _pieces(r, -(-len(r) // threads)))))
+        tree = shapely.STRtree(r)
+        area_r, box_r = shapely.area(r), shapely.bounds(r)
+
+        def work(start: int) -> tuple[NDArray[Any], NDArray[Any], NDArray[Any]]:
+            part = p[start : start + chunk]
+            if repair:
+                part = make_valid(part)
+            qi, rj = tree.query(part)
+            qi, rj = qi.astype(_INT), rj.astype(_INT)
             # Upper bound: intersection <= min(area_p, area_r, bbox overlap); union >= max area.
+            area_p, box_p = shapely.area(part), shapely.bounds(part)
             lo = np.maximum(box_p[qi, :2], box_r[rj, :2])
             hi = np.minimum(box_p[qi, 2:], box_r[rj, 2:])
             overlap = np.prod(np.clip(hi - lo, 0.0, None), axis=1)
             ap, ar = area_p[qi], area_r[rj]
             bound = np.minimum(np.minimum(ap, ar), overlap) / np.maximum(np.maximum(ap, ar), 1e-300)
             keep = bound >= threshold * (1 - _TOL)
-            qi, rj = qi[keep], rj[keep]
-            a, b = p[qi], r[rj]
-            bounds = np.linspace(0, len(qi), min(threads, 1 + len(qi) // 5000) + 1).astype(int)
-            pieces = [(a[i:j], b[i:j]) for i, j in pairwise(bounds)]
-            inter = np.concatenate(
-                [np.zeros(0), *pool.map(lambda ab: _intersection_area(*ab), pieces)]
-            )
-            union = area_p[qi] + area_r[rj] - inter
+            qi, rj, ap, ar = qi[keep], rj[keep], ap[keep], ar[keep]
+            inter = _intersection_area(part[qi], r[rj])
+            union = ap + ar - inter
             iou = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
             ok = (inter > 0) & (iou >= threshold * (1 - _TOL))
-            out.append((qi[ok], rj[ok], np.minimum(iou[ok], 1.0)))
+            return qi[ok] + start, rj[ok], np.minimum(iou[ok], 1.0)
+
+        out = list(pool.map(work, range(0, len(p), chunk)))
     return tuple(np.concatenate(col) for col in zip(*out, strict=True))  # type: ignore[return-value]
 
 
+def _pieces(arr: NDArray[np.object_], size: int) -> list[NDArray[np.object_]]:
+    return [arr[i : i + size] for i in range(0, len(arr), size)]
+
+
 def _intersection_area(a: NDArray[np.object_], b: NDArray[np.object_]) -> NDArray[np.float64]:
-    """Areas of the pairwise intersections, repairing invalid geometries if GEOS fails."""
+    """Areas of the pairwise intersections.
+
+    On a GEOS robustness failure the chunk is retried with invalid inputs repaired and snap
+    rounding to 1/1024 pixel.
+    """
     try:
         return np.asarray(shapely.area(shapely.intersection(a, b)), dtype=np.float64)
     except shapely.errors.GEOSException:
+        a, b = make_valid(a), make_valid(b)
         return np.asarray(
-            shapely.area(shapely.intersection(shapely.make_valid(a), shapely.make_valid(b))),
-            dtype=np.float64,
+            shapely.area(shapely.intersection(a, b, grid_size=1.0 / 1024)), dtype=np.float64
         )
 
 
@@ -334,17 +383,8 @@ def _assign(
     n_ref: int,
     kind: Literal["iou", "distance"],
 ) -> Matching:
-    """Most pairs, then largest total ``weight`` (in [0, 1]), among candidate pairs."""
-    chosen = np.zeros(len(pi), dtype=bool)
-    if len(pi):
-        deg_p = np.bincount(pi, minlength=n_pred)
-        deg_r = np.bincount(ri, minlength=n_ref)
-        alone = (deg_p[pi] == 1) & (deg_r[ri] == 1)
-        chosen[alone] = True
-        rest = np.flatnonzero(~alone)
-        if len(rest):
-            chosen[rest[_solve(pi[rest], ri[rest], weight[rest])]] = True
-    sel = np.flatnonzero(chosen)
+    """The optimal matching among candidate pairs, as a :class:`Matching`."""
+    sel = max_matching(pi, ri, weight, n_pred, n_ref)
     order = sel[np.argsort(pi[sel], kind="stable")]
     matched_p = np.zeros(n_pred, dtype=bool)
     matched_r = np.zeros(n_ref, dtype=bool)
@@ -353,40 +393,8 @@ def _assign(
     return Matching(
         pred_idx=pi[order],
         ref_idx=ri[order],
-        score=np.asarray(score[order], dtype=np.float64),
-        unmatched_pred=np.flatnonzero(~matched_p).astype(_INT),
-        unmatched_ref=np.flatnonzero(~matched_r).astype(_INT),
+        score=score[order],
+        unmatched_pred=np.flatnonzero(~matched_p),
+        unmatched_ref=np.flatnonzero(~matched_r),
         kind=kind,
     )
-
-
-def _solve(pi: NDArray[np.int64], ri: NDArray[np.int64], w: NDArray[np.float64]) -> NDArray[Any]:
-    """Positions of the chosen edges of a lexicographic (count, weight) maximum matching.
-
-    Each edge gets weight ``C + w`` with ``C`` larger than its component's largest possible
-    matching, so one more pair always outweighs any gain in total ``w``. The rectangular problem
-    becomes a full matching by adding a dummy partner for every vertex: a pred ``p`` may stay
-    alone (edge to its dummy ref), and when ``(p, r)`` is used, the dummies of ``p`` and ``r``
-    pair up through the mirrored edge.
-    """
-    up, pc = np.unique(pi, return_inverse=True)
-    ur, rc = np.unique(ri, return_inverse=True)
-    n_p, n_r, n_e = len(up), len(ur), len(pi)
-    graph = sp.coo_matrix((np.ones(n_e), (pc, rc)), shape=(n_p, n_r))
-    n_comp, label = connected_components(sp.bmat([[None, graph], [graph.T, None]]), directed=False)
-    size = np.bincount(label, minlength=n_comp)
-    big_w = size[label[pc]] + 1.0 + np.clip(w, 0.0, 1.0)
-    top = float(big_w.max()) + 1.0
-    alone = (top + 1.0) / 2.0  # cost of leaving a vertex unmatched; a used edge costs top - W
-    rows = np.concatenate([pc, np.arange(n_p), n_p + rc, n_p + np.arange(n_r)])
-    cols = np.concatenate([rc, n_r + np.arange(n_p), n_r + pc, np.arange(n_r)])
-    cost = np.concatenate([top - big_w, np.full(n_p, alone), np.ones(n_e), np.full(n_r, alone)])
-    mat = sp.csr_matrix((cost, (rows, cols)), shape=(n_p + n_r, n_r + n_p))
-    row_ind, col_ind = min_weight_full_bipartite_matching(mat)
-    real = (row_ind < n_p) & (col_ind < n_r)
-    pair_p, pair_r = row_ind[real], col_ind[real]
-    # Back to edge positions: look up (pc, rc) -> edge.
-    key = pc.astype(_INT) * n_r + rc
-    order = np.argsort(key)
-    pos = np.searchsorted(key[order], pair_p.astype(_INT) * n_r + pair_r)
-    return order[pos]

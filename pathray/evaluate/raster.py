@@ -96,7 +96,14 @@ class Spans:
 
 
 def polygon_parts(geoms: NDArray[np.object_]) -> NDArray[np.object_]:
-    """The non-empty polygons of ``geoms``, multi-part geometries split into their parts."""
+    """The non-empty polygons of ``geoms``, multi-part geometries split into their parts.
+
+    Example:
+        >>> from shapely.geometry import MultiPolygon, Point, box
+        >>> multi = MultiPolygon([box(0, 0, 1, 1), box(2, 0, 3, 1)])
+        >>> len(polygon_parts(np.array([multi, Point(0, 0), None], dtype=object)))
+        2
+    """
     parts = geoms[~shapely.is_missing(geoms)]
     if not np.all(shapely.get_type_id(parts) == 3):
         parts = shapely.get_parts(parts)
@@ -123,6 +130,12 @@ def spans(parts: NDArray[np.object_], grid: Grid, rows: tuple[int, int] | None =
 
     Returns:
         The spans of all polygons, unmerged.
+
+    Example:
+        >>> from shapely.geometry import box
+        >>> s = spans(np.array([box(1, 0, 4, 2)], dtype=object), Grid(0, 0, 5, 2))
+        >>> s.row.tolist(), s.start.tolist(), s.end.tolist()
+        ([0, 1], [1, 1], [4, 4])
     """
     r0, r1 = rows if rows is not None else (0, grid.height)
     rings, ring_part = shapely.get_rings(parts, return_index=True)
@@ -175,6 +188,12 @@ def covered_counts(span_sets: Sequence[Spans], width: int) -> NDArray[np.int64]:
     Returns:
         An array of ``2**k`` counts: entry ``m`` counts the pixels covered exactly by the sets
         whose bits are set in ``m`` (bit ``i`` for set ``i``); entry 0 is not counted (0).
+
+    Example:
+        >>> a = Spans(np.array([0]), np.array([0]), np.array([4]))
+        >>> b = Spans(np.array([0]), np.array([2]), np.array([6]))
+        >>> covered_counts([a, b], width=8).tolist()  # only a, only b, both
+        [0, 2, 2, 2]
     """
     k = len(span_sets)
     keys = [s.row * (width + 1) for s in span_sets]

@@ -21,7 +21,8 @@ from pathray.results.store import ColdStore
 
 def reference_of(catalog: Catalog, annotation_set: str, slide_id: int) -> tuple[list[Any], Any]:
     """A slide's reference objects and its scoring region (None: the whole slide)."""
-    objects, regions = [], []
+    objects: list[Any] = []
+    regions: list[Any] = []
     for a in catalog.query_annotations(annotation_set, slide_id):
         (regions if a.properties.get("role") == REGION_ROLE else objects).append(a.geometry)
     region = shapely.union_all(regions) if regions else None

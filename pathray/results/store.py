@@ -21,6 +21,7 @@ Example:
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +31,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pathray.errors import NotFoundError
+
+# Lance logs a warning each time it creates a dataset; PathRay creates one per run on purpose.
+os.environ.setdefault("LANCE_LOG", "error")
 
 KINDS = ("tiles", "objects")
 
@@ -71,7 +75,9 @@ class ColdStore:
         for frag in self._fragments(run_id, "tiles"):
             table = pq.read_table(frag, columns=["slide_id", "tile_id"])
             stem = frag.name.split(".")[0]
-            for key in zip(table["slide_id"].to_pylist(), table["tile_id"].to_pylist(), strict=True):
+            for key in zip(
+                table["slide_id"].to_pylist(), table["tile_id"].to_pylist(), strict=True
+            ):
                 owners.setdefault(key, stem)
         return owners
 
@@ -112,11 +118,15 @@ class ColdStore:
             dataset = lance.write_dataset(reader, str(uri), schema=schema, mode="overwrite")
             if dataset.count_rows():
                 dataset.create_scalar_index("slide_id", index_type="BTREE", replace=True)
-            per_slide = dataset.to_table(columns=["slide_id"]).group_by("slide_id").aggregate(
-                [("slide_id", "count")]
+            per_slide = (
+                dataset.to_table(columns=["slide_id"])
+                .group_by("slide_id")
+                .aggregate([("slide_id", "count")])
             )
             for slide, n in zip(
-                per_slide["slide_id"].to_pylist(), per_slide["slide_id_count"].to_pylist(), strict=True
+                per_slide["slide_id"].to_pylist(),
+                per_slide["slide_id_count"].to_pylist(),
+                strict=True,
             ):
                 counts.setdefault(slide, {"tiles": 0, "objects": 0})[kind] = n
         return counts

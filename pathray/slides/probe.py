@@ -73,9 +73,20 @@ class SlideInfo:
         return len(self.level_dimensions)
 
 
+class _TiaWarnings(logging.Filter):
+    """Drop TIAToolbox's warnings about metadata PathRay handles itself (mpp, power)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR or "tiatoolbox" not in record.pathname
+
+
 def _quiet_tiatoolbox() -> None:
-    # TIAToolbox warns loudly about missing metadata we handle ourselves.
-    logging.getLogger("tiatoolbox").setLevel(logging.ERROR)
+    # TIAToolbox logs through the root logger, so filter its records rather than a named logger.
+    import tiatoolbox  # noqa: F401 - installs its handlers on the root logger
+
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, _TiaWarnings) for f in handler.filters):
+            handler.addFilter(_TiaWarnings())
 
 
 def is_dicom_folder(path: Path) -> bool:

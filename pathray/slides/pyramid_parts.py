@@ -105,7 +105,9 @@ class Band:
         self.level, self.width, self.height, self.tile = level, width, height, tile
         self.cols = math.ceil(width / tile)
         self.rows = math.ceil(height / tile)
-        self.pixels = np.zeros((tile, self.cols * tile, 3), dtype=np.uint8)
+        # Level 0 comes tile by tile from the source and needs no band.
+        band_width = self.cols * tile if level > 0 else 0
+        self.pixels = np.zeros((tile, band_width, 3), dtype=np.uint8)
 
     def put(self, fine_col: int, fine_row: int, half: RGBImage) -> None:
         """Place the half of tile ``(fine_col, fine_row)`` of the finer level."""
@@ -172,9 +174,10 @@ def read_image(src: str | Path) -> tuple[NDArray[Any], float | None]:
             page = tif.pages.first
             unit, res = page.tags.get("ResolutionUnit"), page.tags.get("XResolution")
             mpp = None
-            if unit is not None and res is not None and unit.value in (2, 3):
-                per_unit = res.value[0] / res.value[1]
-                mpp = (25400.0 if unit.value == 2 else 1e4) / per_unit if per_unit else None
+            if unit is not None and res is not None and unit.value in (2, 3) and res.value[0]:
+                mpp = (25400.0 if unit.value == 2 else 1e4) * res.value[1] / res.value[0]
+                # 72 or 96 dpi and the like are "unset", not a microscope: ignore them.
+                mpp = mpp if 0.01 <= mpp <= 50.0 else None
         return np.asarray(arr), mpp
     img: NDArray[Any] | None = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if img is None:

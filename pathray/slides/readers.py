@@ -25,6 +25,7 @@ import os
 import threading
 from abc import ABC, abstractmethod
 from collections import OrderedDict
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, ClassVar
@@ -63,7 +64,15 @@ class SlideReader(ABC):
         """``(width, height)`` of each level."""
 
     @abstractmethod
-    def read_level(self, level: int, x: int, y: int, width: int, height: int) -> np.ndarray:
+    def read_level(
+        self,
+        level: int,
+        x: int,
+        y: int,
+        width: int,
+        height: int,
+        out: np.ndarray | None = None,
+    ) -> np.ndarray:
         """Read a region in the coordinates of one level.
 
         Args:
@@ -72,9 +81,11 @@ class SlideReader(ABC):
             y: Top edge, in that level's pixels.
             width: Region width in pixels.
             height: Region height in pixels.
+            out: A C-contiguous ``(height, width, 3)`` uint8 array to fill in place (for
+                example one row of a batch), or None to allocate one.
 
         Returns:
-            ``(height, width, 3)`` uint8 RGB; outside the slide is white.
+            ``(height, width, 3)`` uint8 RGB (``out`` when given); outside the slide is white.
         """
 
     @property
@@ -99,6 +110,7 @@ class SlideReader(ABC):
         height: int,
         level: int = 0,
         downsample: float | None = None,
+        out: np.ndarray | None = None,
     ) -> np.ndarray:
         """Read a region given in level-0 coordinates, at a downsample or a level.
 
@@ -110,29 +122,73 @@ class SlideReader(ABC):
             level: Level to read when ``downsample`` is None.
             downsample: Level-0 pixels per output pixel; the nearest finer level is read and
                 resized (area interpolation) when no level matches exactly.
+            out: A C-contiguous ``(height, width, 3)`` uint8 array to fill in place, or None.
 
         Returns:
-            ``(height, width, 3)`` uint8 RGB.
+            ``(height, width, 3)`` uint8 RGB (``out`` when given).
         """
         if downsample is None:
             factor = self.level_downsamples[level]
-            return self.read_level(level, round(x / factor), round(y / factor), width, height)
+            lx, ly = round(x / factor), round(y / factor)
+            return self.read_level(level, lx, ly, width, height, out)
         level = self.best_level(downsample)
         factor = self.level_downsamples[level]
         scale = downsample / factor
+        lx, ly = round(x / factor), round(y / factor)
         if abs(scale - 1.0) < 1e-3:
-            return self.read_level(level, round(x / factor), round(y / factor), width, height)
+            return self.read_level(level, lx, ly, width, height, out)
         src_w, src_h = max(1, round(width * scale)), max(1, round(height * scale))
-        src = self.read_level(level, round(x / factor), round(y / factor), src_w, src_h)
-        return cv2.resize(src, (width, height), interpolation=cv2.INTER_AREA)
+        src = self.read_level(level, lx, ly, src_w, src_h)
+        if out is None:
+            return cv2.resize(src, (width, height), interpolation=cv2.INTER_AREA)
+        out[...] = cv2.resize(src, (width, height), interpolation=cv2.INTER_AREA)
+        return out
 
     def __reduce__(self) -> tuple[Any, tuple[str, str]]:
         # Pickle as the path: the other side rebuilds (and caches) its own reader.
         return (open_reader, (self.path, self.name))
 
 
+@dataclass(frozen=True)
+class _Level:
+    """Segment geometry of one TIFF level: tiles (``seg_h x seg_w``) or strips."""
+
+    width: int
+    height: int
+    seg_w: int
+    seg_h: int
+    per_row: int
+    offsets: tuple[int, ...]
+    counts: tuple[int, ...]
+    #: ``(tables, colorspace, outcolorspace)`` when its segments are 8-bit RGB baseline JPEG,
+    #: which :func:`imagecodecs.jpeg_decode` decodes straight into a caller's array.
+    jpeg: tuple[bytes | None, int | None, int | str | None] | None
+
+
+def _jpeg_args(page: Any) -> tuple[bytes | None, int | None, int | str | None] | None:
+    """The JPEG decoding arguments of a page, or None when it needs tifffile's general path."""
+    if page.compression != 7 or page.planarconfig != 1 or page.extrasamples:
+        return None
+    if page.samplesperpixel != 3 or page.bitspersample != 8:
+        return None
+    try:  # the color-space rules tifffile itself applies (Aperio RGB JPEG, YCbCr, ...)
+        from tifffile.tifffile import jpeg_decode_colorspace
+
+        colorspace, outcolorspace = jpeg_decode_colorspace(
+            page.photometric, page.planarconfig, page.extrasamples, page.is_jfif
+        )
+    except Exception:
+        return None
+    return page.jpegtables, colorspace, outcolorspace
+
+
 class TiffTileReader(SlideReader):
     """Direct tile decoding of tiled or striped TIFF pyramids with tifffile and imagecodecs.
+
+    A request for exactly one file tile of an 8-bit RGB JPEG level (the common case: a tile
+    grid at a level's own resolution, aligned to the file's tiles) is decoded straight into
+    the caller's array; any other request pastes the decoded file tiles it covers, through the
+    LRU cache.
 
     Args:
         path: A TIFF-based slide.
@@ -147,14 +203,32 @@ class TiffTileReader(SlideReader):
 
         super().__init__(path)
         self._tif = tifffile.TiffFile(self.path)
-        self._levels = [lv.keyframe for lv in self._tif.series[0].levels]
-        self._dims = tuple(
-            (int(lv.shape[1]), int(lv.shape[0])) for lv in self._tif.series[0].levels
-        )
+        self._pages = [lv.keyframe for lv in self._tif.series[0].levels]
+        self._layout = [self._level_layout(lv) for lv in self._tif.series[0].levels]
+        self._dims = tuple((lv.width, lv.height) for lv in self._layout)
         self._fd = os.open(self.path, os.O_RDONLY)
         self._cache: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
         self._cache_size = cache_tiles
         self._lock = threading.Lock()
+
+    @staticmethod
+    def _level_layout(series_level: Any) -> _Level:
+        page = series_level.keyframe
+        height, width = int(series_level.shape[0]), int(series_level.shape[1])
+        if page.is_tiled:
+            seg_h, seg_w = int(page.tilelength), int(page.tilewidth)
+        else:
+            seg_h, seg_w = int(page.rowsperstrip) or height, width
+        return _Level(
+            width=width,
+            height=height,
+            seg_w=seg_w,
+            seg_h=seg_h,
+            per_row=-(-width // seg_w),
+            offsets=tuple(page.dataoffsets),
+            counts=tuple(page.databytecounts),
+            jpeg=_jpeg_args(page),
+        )
 
     @classmethod
     def can_read(cls, path: Path) -> bool:
@@ -182,14 +256,15 @@ class TiffTileReader(SlideReader):
         return self._dims
 
     def _segment(self, level: int, index: int) -> np.ndarray:
+        """One decoded file tile (or strip) of a level, through the LRU cache."""
         key = (level, index)
         with self._lock:
             hit = self._cache.get(key)
             if hit is not None:
                 self._cache.move_to_end(key)
                 return hit
-        page = self._levels[level]
-        data = os.pread(self._fd, page.databytecounts[index], page.dataoffsets[index])
+        page, layout = self._pages[level], self._layout[level]
+        data = os.pread(self._fd, layout.counts[index], layout.offsets[index])
         decoded, _, _ = page.decode(data, index, jpegtables=page.jpegtables)
         array = np.asarray(decoded)[0, :, :, :3]
         with self._lock:
@@ -198,26 +273,77 @@ class TiffTileReader(SlideReader):
                 self._cache.popitem(last=False)
         return array
 
-    def read_level(self, level: int, x: int, y: int, width: int, height: int) -> np.ndarray:
-        """Read a region of one level by decoding only the file tiles it covers."""
-        page = self._levels[level]
-        level_w, level_h = self._dims[level]
-        out = np.full((height, width, 3), BACKGROUND, np.uint8)
+    def _decode_into(self, layout: _Level, index: int, out: np.ndarray) -> bool:
+        """Decode one whole JPEG segment straight into ``out``; False if it cannot be."""
+        if layout.jpeg is None:
+            return False
+        import imagecodecs
+
+        tables, colorspace, outcolorspace = layout.jpeg
+        data = os.pread(self._fd, layout.counts[index], layout.offsets[index])
+        try:
+            imagecodecs.jpeg_decode(
+                data,
+                tables=tables,
+                colorspace=colorspace,
+                outcolorspace=outcolorspace,
+                shape=(layout.seg_h, layout.seg_w),
+                out=out,
+            )
+        except Exception:  # odd segment (or ``out`` not contiguous): take the general path
+            return False
+        return True
+
+    def read_level(
+        self,
+        level: int,
+        x: int,
+        y: int,
+        width: int,
+        height: int,
+        out: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Read a region of one level by decoding only the file tiles it covers.
+
+        Args:
+            level: Pyramid level.
+            x: Left edge, in that level's pixels (may be negative or past the edge).
+            y: Top edge, in that level's pixels.
+            width: Region width in pixels.
+            height: Region height in pixels.
+            out: A ``(height, width, 3)`` uint8 array to fill in place, or None.
+
+        Returns:
+            ``(height, width, 3)`` uint8 RGB (``out`` when given); outside the slide is white.
+        """
+        layout = self._layout[level]
+        if out is None:
+            out = np.empty((height, width, 3), np.uint8)
+        seg_w, seg_h = layout.seg_w, layout.seg_h
+        inside = x >= 0 and y >= 0 and x + width <= layout.width and y + height <= layout.height
+        if (
+            inside
+            and width == seg_w
+            and height == seg_h
+            and x % seg_w == 0
+            and y % seg_h == 0
+            and self._decode_into(layout, (y // seg_h) * layout.per_row + x // seg_w, out)
+        ):
+            return out
+        if not inside:
+            out.fill(BACKGROUND)
         x0, y0 = max(x, 0), max(y, 0)
-        x1, y1 = min(x + width, level_w), min(y + height, level_h)
+        x1, y1 = min(x + width, layout.width), min(y + height, layout.height)
         if x1 <= x0 or y1 <= y0:
             return out
-        # Segment geometry: tiles (tile_h x tile_w) or strips (rows x full width).
-        if page.is_tiled:
-            seg_h, seg_w = int(page.tilelength), int(page.tilewidth)
-        else:
-            seg_h, seg_w = int(page.rowsperstrip) or level_h, level_w
-        per_row = -(-level_w // seg_w)
         for row in range(y0 // seg_h, (y1 - 1) // seg_h + 1):
             for col in range(x0 // seg_w, (x1 - 1) // seg_w + 1):
-                seg = self._segment(level, row * per_row + col)
+                seg = self._segment(level, row * layout.per_row + col)
                 sx, sy = col * seg_w, row * seg_h
                 ix0, iy0 = max(x0, sx), max(y0, sy)
+                if seg.shape[0] < seg_h or seg.shape[1] < seg_w:  # short: blank its box first
+                    box_x1, box_y1 = min(x1, sx + seg_w), min(y1, sy + seg_h)
+                    out[iy0 - y : box_y1 - y, ix0 - x : box_x1 - x] = BACKGROUND
                 ix1 = min(x1, sx + seg.shape[1])
                 iy1 = min(y1, sy + seg.shape[0])
                 if ix1 <= ix0 or iy1 <= iy0:
@@ -264,8 +390,16 @@ class TiaReader(SlideReader):
         """``(width, height)`` of each level."""
         return self._dims
 
-    def read_level(self, level: int, x: int, y: int, width: int, height: int) -> np.ndarray:
-        """Read a region of one level through TIAToolbox."""
+    def read_level(
+        self,
+        level: int,
+        x: int,
+        y: int,
+        width: int,
+        height: int,
+        out: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Read a region of one level through TIAToolbox (copied into ``out`` when given)."""
         factor = self.level_downsamples[level]
         region = self._reader.read_rect(
             (round(x * factor), round(y * factor)),
@@ -274,7 +408,11 @@ class TiaReader(SlideReader):
             units="level",
             pad_constant_values=BACKGROUND,
         )
-        return np.ascontiguousarray(np.asarray(region)[..., :3], dtype=np.uint8)
+        pixels = np.asarray(region)[..., :3]
+        if out is None:
+            return np.ascontiguousarray(pixels, dtype=np.uint8)
+        out[...] = pixels
+        return out
 
 
 READERS: list[type[SlideReader]] = [TiffTileReader, TiaReader]

@@ -4,11 +4,11 @@ The driver holds only the reference table (:func:`~pathray.slides.tiling.plan_ti
 read task takes a slice of it, opens the slides through the per-process reader cache
 (:func:`~pathray.slides.readers.open_reader`) and yields blocks of ``block_rows`` tiles. Ray Data
 streams the blocks through the following stages, so memory stays bounded by the blocks in
-flight, not by the slide size.
+flight, not by the slide size. :func:`tile_dataset` builds that read stage with a sensible
+number of read tasks (see ``benchmarks/tile_streaming.py`` for its rate against the peers).
 
 Example:
-    >>> import ray
-    >>> ds = ray.data.read_datasource(TileDatasource(refs))  # doctest: +SKIP
+    >>> ds = tile_dataset(refs, block_rows=64)  # doctest: +SKIP
     >>> next(ds.iter_batches(batch_size=4))["image"].shape  # doctest: +SKIP
     (4, 256, 256, 3)
 """
@@ -20,11 +20,15 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import ray
 from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
-from pathray.slides.readers import open_reader
+from pathray.slides.readers import SlideReader, open_reader
 from pathray.slides.tiling import TILE_REF_SCHEMA
+
+#: Read tasks hold at most this many blocks when there are more blocks than two per read slot.
+MAX_BLOCKS_PER_TASK = 16
 
 #: Reference columns copied onto every tile row (everything but the path).
 _KEY_COLUMNS = [name for name in TILE_REF_SCHEMA.names if name != "path"]
@@ -32,6 +36,9 @@ _KEY_COLUMNS = [name for name in TILE_REF_SCHEMA.names if name != "path"]
 
 def read_tiles(refs: pa.Table, reader: str | None = None) -> dict[str, np.ndarray]:
     """Read the pixels of a slice of tile references.
+
+    Each tile is decoded straight into its row of the batch array (no per-tile copies when
+    the tile is one aligned file tile; see :class:`~pathray.slides.readers.TiffTileReader`).
 
     Args:
         refs: Rows of :data:`~pathray.slides.tiling.TILE_REF_SCHEMA`, all of one tile size.
@@ -41,19 +48,17 @@ def read_tiles(refs: pa.Table, reader: str | None = None) -> dict[str, np.ndarra
         A column batch: the reference columns plus ``image`` ``(n, size, size, 3)`` uint8.
     """
     columns = {name: refs.column(name).to_numpy(zero_copy_only=False) for name in _KEY_COLUMNS}
-    paths = refs.column("path").to_pylist()
     n = refs.num_rows
     size = int(columns["size"][0]) if n else 0
     images = np.empty((n, size, size, 3), np.uint8)
-    for i in range(n):
-        slide = open_reader(paths[i], reader)
-        images[i] = slide.read_region(
-            int(columns["x"][i]),
-            int(columns["y"][i]),
-            size,
-            size,
-            downsample=float(columns["downsample"][i]),
-        )
+    xs, ys = columns["x"].tolist(), columns["y"].tolist()
+    downsamples = columns["downsample"].tolist()
+    slides: dict[str, SlideReader] = {}
+    for i, path in enumerate(refs.column("path").to_pylist()):
+        slide = slides.get(path)
+        if slide is None:
+            slide = slides[path] = open_reader(path, reader)
+        slide.read_region(xs[i], ys[i], size, size, downsample=downsamples[i], out=images[i])
     columns["image"] = images
     return columns
 
@@ -102,7 +107,11 @@ class TileDatasource(Datasource):
         per_task_row_limit: int | None = None,
         data_context: Any = None,
     ) -> list[ReadTask]:
-        """Split the references into read tasks of whole blocks."""
+        """Split the references into at most ``parallelism`` read tasks of whole blocks.
+
+        Each task carries a compact copy of its rows (a pickled slice of an Arrow table would
+        carry the whole table's buffers).
+        """
         n = self._refs.num_rows
         if n == 0:
             return []
@@ -112,7 +121,7 @@ class TileDatasource(Datasource):
         size = int(self._refs.column("size")[0].as_py())
         tasks = []
         for start in range(0, n, per_task):
-            part = self._refs.slice(start, per_task)
+            part = self._refs.take(np.arange(start, min(start + per_task, n)))
             meta = BlockMetadata(
                 num_rows=part.num_rows,
                 size_bytes=part.num_rows * size * size * 3,
@@ -140,3 +149,64 @@ class TileDatasource(Datasource):
     def get_name(self) -> str:
         """Name shown in Ray Data's progress and stats."""
         return "Tiles"
+
+
+def default_read_tasks(rows: int, block_rows: int, num_cpus: float, cluster_cpus: float) -> int:
+    """How many read tasks a tile stream of ``rows`` tiles is cut into.
+
+    Two tasks per read slot (for balance), more only when tasks would exceed
+    :data:`MAX_BLOCKS_PER_TASK` blocks (so a retried task redoes little). Every task beyond
+    that costs a task launch and a gap on its CPU, which on a small machine is worth several
+    tiles' decoding.
+
+    Args:
+        rows: Tiles to read.
+        block_rows: Tiles per block.
+        num_cpus: CPUs reserved by each read task.
+        cluster_cpus: CPUs of the cluster.
+
+    Returns:
+        The number of read tasks (at least 1, at most one per block).
+    """
+    blocks = max(1, -(-rows // block_rows))
+    slots = max(1, int(cluster_cpus / num_cpus)) if num_cpus > 0 else max(1, int(cluster_cpus))
+    return min(blocks, max(2 * slots, -(-blocks // MAX_BLOCKS_PER_TASK)))
+
+
+def tile_dataset(
+    refs: pa.Table,
+    *,
+    block_rows: int = 64,
+    num_cpus: float = 1.0,
+    tasks: int | None = None,
+    reader: str | None = None,
+) -> ray.data.Dataset:
+    """The read stage of a run: a Ray Data dataset streaming the tiles of ``refs``.
+
+    The number of read tasks is set here rather than left to Ray Data, which asks for about 200
+    tasks (at least 200 blocks) whatever the data: a tile source with fewer blocks would then
+    have each block split (``SplitBlocks``), which also stops the read from fusing with the
+    stage after it, and each extra task costs a launch.
+
+    Args:
+        refs: Tile references (:func:`~pathray.slides.tiling.plan_tiles`, concatenated).
+        block_rows: Tiles per block.
+        num_cpus: CPUs reserved by each read task.
+        tasks: Read tasks (default: :func:`default_read_tasks` for the connected cluster).
+        reader: Force a reader by name.
+
+    Returns:
+        A dataset of tile rows: the reference columns (bar ``path``) plus ``image``.
+
+    Example:
+        >>> ds = tile_dataset(refs, block_rows=32)  # doctest: +SKIP
+        >>> ds.map_batches(model, batch_size=32)  # doctest: +SKIP
+    """
+    if tasks is None:
+        cpus = float(ray.cluster_resources().get("CPU", 1.0))
+        tasks = default_read_tasks(refs.num_rows, block_rows, num_cpus, cpus)
+    return ray.data.read_datasource(
+        TileDatasource(refs, block_rows, reader),
+        override_num_blocks=max(1, tasks),
+        num_cpus=num_cpus,
+    )

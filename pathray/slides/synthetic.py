@@ -99,7 +99,7 @@ class SyntheticHE:
         classes: Nucleus classes to draw (any of ``"tumor"``, ``"lymphocyte"``, ``"stroma"``).
         nuclei_per_mm2: Density of candidate tumour nuclei; lymphocyte candidates are 3x and
             stroma candidates 1/4 as dense. Tissue, class mixing and overlap rejection make
-            the realised density lower (typically 1,500-2,500 per mm2 of tissue at 3,000).
+            the realised density lower (about 2,500-3,000 per mm2 of tissue at 6,000).
         tissue_fraction: Approximate fraction of the slide covered by tissue.
         cache_cells: Placement cells kept in memory (default: two rows of cells).
 
@@ -147,14 +147,28 @@ class SyntheticHE:
         self._cache_size = cache_cells or 2 * (self.cells_x + 2) + 16
         self._lock = threading.Lock()
         grain_rng = np.random.default_rng(np.random.SeedSequence([self.seed & 0xFFFFFFFF, 9]))
-        self._grain = grain_rng.random((GRAIN, GRAIN), dtype=np.float32)
+        # Two periods in each direction: a region up to GRAIN px is a plain slice.
+        self._grain = np.tile(grain_rng.random((GRAIN, GRAIN), dtype=np.float32), (2, 2))
 
     def grain(self, x: int, y: int, w: int, h: int) -> NDArray[np.float32]:
         """Per-pixel uniform noise of a region (a seeded texture repeating every 512 px)."""
+        if w <= GRAIN and h <= GRAIN:
+            x0, y0 = x % GRAIN, y % GRAIN
+            return self._grain[y0 : y0 + h, x0 : x0 + w]
         rows = np.arange(y, y + h) % GRAIN
         cols = np.arange(x, x + w) % GRAIN
         out: NDArray[np.float32] = self._grain[rows][:, cols]
         return out
+
+    def __getstate__(self) -> dict[str, object]:
+        # Picklable (e.g. for Ray workers): caches and locks are rebuilt on the other side.
+        state = self.__dict__.copy()
+        state["_cache"], state["_lock"] = OrderedDict(), None
+        return state
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
 
     def cell(self, cell_x: int, cell_y: int) -> CellNuclei:
         """The nuclei of one placement cell (cached, thread-safe)."""
@@ -185,9 +199,7 @@ class SyntheticHE:
     def nuclei_mask(self, x: int, y: int, w: int, h: int) -> NDArray[np.uint8]:
         """Class mask of a level-0 region: 0 outside nuclei, ``k + 1`` for ``classes[k]``."""
         labels, drawn = nucleus_labels(self, x, y, w, h)
-        lut = np.zeros(len(drawn) + 1, dtype=np.uint8)
-        for k, (cell, i) in enumerate(drawn, start=1):
-            lut[k] = cell.classes[i] + 1
+        lut = np.concatenate([[0], drawn.classes + 1]).astype(np.uint8)
         out: NDArray[np.uint8] = lut[labels]
         return out
 

@@ -231,11 +231,28 @@ def sampled(
         True
     """
     s = _even(stride)
-    kx0, ky0 = x // s - 1, y // s - 1
-    nx, ny = (x + w) // s + 2 - kx0, (y + h) // s + 2 - ky0
+    kx0, ky0, nx, ny = coarse_window(x, y, w, h, s)
     cx = np.arange(kx0, kx0 + nx, dtype=np.float64) * s
     cy = np.arange(ky0, ky0 + ny, dtype=np.float64) * s
-    coarse = np.asarray(fn(cx, cy), dtype=np.float32)
+    return upsample_window(np.asarray(fn(cx, cy), dtype=np.float32), kx0, ky0, s, x, y, w, h)
+
+
+def coarse_window(x: int, y: int, w: int, h: int, stride: int) -> tuple[int, int, int, int]:
+    """Coarse lattice indices ``(kx0, ky0, nx, ny)`` that :func:`sampled` needs for a region.
+
+    Example:
+        >>> coarse_window(0, 0, 256, 256, 8)
+        (-1, -1, 35, 35)
+    """
+    kx0, ky0 = x // stride - 1, y // stride - 1
+    return kx0, ky0, (x + w) // stride + 2 - kx0, (y + h) // stride + 2 - ky0
+
+
+def upsample_window(
+    coarse: NDArray[np.float32], kx0: int, ky0: int, stride: int, x: int, y: int, w: int, h: int
+) -> NDArray[np.float32]:
+    """Bilinear upsampling of a coarse window (from :func:`coarse_window`) to a region."""
+    s = stride
     return _upsample(coarse, kx0 * s, ky0 * s, s, s, x, y, w, h, cv2.INTER_LINEAR)
 
 

@@ -130,7 +130,7 @@ def _polygons(
 ) -> tuple[list[F64], F64]:
     """Vertices (level-0 px, on the 1/4 px lattice) and bounding radius of each nucleus.
 
-    ``draws`` holds uniform numbers per nucleus: length, aspect, 3 harmonic phases and
+    ``draws`` holds 8 uniform numbers per nucleus: length, aspect, 3 harmonic phases and
     3 harmonic amplitudes.
     """
     n = len(cls)
@@ -198,7 +198,9 @@ def place_cell_nuclei(
         return out
     # All draws happen up front for every candidate, so the stream never depends on which
     # candidates survive.
-    draws = rng.random((n, 16))
+    # Columns: 0-1 position, 2 class, 3 density thinning, 4 angle, 5-12 shape (see
+    # _polygons), 13 darkness, 14 texture, 15-16 nucleolus offset.
+    draws = rng.random((n, 17))
     cx = x0 + draws[:, 0] * (x1 - x0)
     cy = y0 + draws[:, 1] * (y1 - y0)
     tumour, lymph, orient = layout.class_fields_points(cx, cy)
@@ -239,7 +241,7 @@ def place_cell_nuclei(
     out.darkness = np.array([specs[c].darkness for c in out.classes]) * (0.85 + 0.3 * jitter[:, 13])
     out.texture = np.array([specs[c].texture for c in out.classes]) * (0.8 + 0.4 * jitter[:, 14])
     has_nucleolus = np.array([specs[c].nucleolus for c in out.classes])
-    offset = (jitter[:, 15:16] - 0.5) * radii[final, None] * 0.3
+    offset = (jitter[:, 15:17] - 0.5) * radii[final, None] * 0.3
     out.nucleoli = np.column_stack(
         [centre[final] + offset, np.where(has_nucleolus, 0.9 / layout.mpp, 0.0)]
     )

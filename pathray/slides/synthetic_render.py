@@ -22,7 +22,8 @@ Example:
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
@@ -49,7 +50,17 @@ E_VECTOR = _unit_od((230, 150, 190), GLASS_OD)
 EOSIN = 0.53  # optical density of stroma eosin
 SIGMA_RIM = 1.5  # px, the blur that shapes the nuclear rim
 SIGMA_OPTICS = 0.6  # px, the final blur
-SALT_PIXEL, SALT_FINE, SALT_FIBRE, SALT_CHROMATIN = 500, 600, 700, 800
+SALT_FINE, SALT_FIBRE, SALT_CHROMATIN = 600, 700, 800
+GRAIN_OD = 0.025  # amplitude of the per-pixel optical-density noise of the glass
+
+# (grain, H, E) -> log(RGB): log 255 - glass OD - grain noise - H * h_vector - E * e_vector.
+_TO_LOG_RGB = np.array(
+    [
+        [-GRAIN_OD, -H_VECTOR[c], -E_VECTOR[c], math.log(255.0) - GLASS_OD + GRAIN_OD / 2]
+        for c in range(3)
+    ],
+    dtype=np.float32,
+)
 
 
 def _kernel(sigma: float) -> int:
@@ -59,10 +70,27 @@ def _kernel(sigma: float) -> int:
 MARGIN = (_kernel(SIGMA_RIM) // 2) + (_kernel(SIGMA_OPTICS) // 2) + 1
 
 
+@dataclass(frozen=True)
+class DrawnNuclei:
+    """Attributes of the nuclei drawn over a region; row ``k`` is label ``k + 1``.
+
+    Attributes:
+        classes: Class index per nucleus.
+        darkness: Haematoxylin concentration.
+        texture: Chromatin texture amplitude.
+        nucleoli: ``(x, y, radius)`` (radius 0: none).
+    """
+
+    classes: NDArray[np.int64]
+    darkness: NDArray[np.float64]
+    texture: NDArray[np.float64]
+    nucleoli: NDArray[np.float64]
+
+
 def nucleus_labels(
     he: SyntheticHE, x: int, y: int, w: int, h: int
-) -> tuple[NDArray[np.int32], list[tuple[CellNuclei, int]]]:
-    """Rasterise the nuclei over a region: label image and the nuclei drawn.
+) -> tuple[NDArray[np.int32], DrawnNuclei]:
+    """Rasterise the nuclei over a region: label image and the attributes of those drawn.
 
     Pixel ``(i, j)`` is labelled when its centre ``(i + 0.5, j + 0.5)`` lies inside the nucleus
     polygon (:func:`pathray.slides.synthetic_raster.rasterise`), the rule shapely, skimage and
@@ -76,21 +104,35 @@ def nucleus_labels(
         h: Height.
 
     Returns:
-        ``(labels, nuclei)``: an ``(h, w)`` int32 image, 0 outside nuclei and ``k + 1`` inside
-        ``nuclei[k]``, a ``(cell, index)`` pair.
+        ``(labels, drawn)``: an ``(h, w)`` int32 image, 0 outside nuclei and ``k + 1`` inside
+        the nucleus of row ``k`` of ``drawn``.
     """
-    drawn: list[tuple[CellNuclei, int]] = []
-    polygons = []
+    polygons: list[NDArray[np.float64]] = []
+    parts: list[tuple[CellNuclei, NDArray[np.intp]]] = []
     for cy in range(max(0, y // CELL), min(he.cells_y, (y + h - 1) // CELL + 1)):
         for cx in range(max(0, x // CELL), min(he.cells_x, (x + w - 1) // CELL + 1)):
             cell = he.cell(cx, cy)
             if not cell.polygons:
                 continue
             b = cell.bboxes
-            hit = (b[:, 2] >= x) & (b[:, 0] <= x + w) & (b[:, 3] >= y) & (b[:, 1] <= y + h)
-            for k in np.flatnonzero(hit):
-                drawn.append((cell, int(k)))
-                polygons.append(cell.polygons[k])
+            hit = np.flatnonzero(
+                (b[:, 2] >= x) & (b[:, 0] <= x + w) & (b[:, 3] >= y) & (b[:, 1] <= y + h)
+            )
+            if len(hit):
+                parts.append((cell, hit))
+                polygons.extend(cell.polygons[k] for k in hit)
+
+    def gather(name: str, empty: NDArray[Any]) -> NDArray[Any]:
+        if not parts:
+            return empty
+        return np.concatenate([getattr(cell, name)[hit] for cell, hit in parts])
+
+    drawn = DrawnNuclei(
+        classes=gather("classes", np.zeros(0, np.int64)),
+        darkness=gather("darkness", np.zeros(0)),
+        texture=gather("texture", np.zeros(0)),
+        nucleoli=gather("nucleoli", np.zeros((0, 3))),
+    )
     return rasterise(polygons, x, y, w, h), drawn
 
 
@@ -115,20 +157,16 @@ def _tissue_layer(
 
 
 def _nuclei_layer(
-    he: SyntheticHE, x: int, y: int, labels: NDArray[np.int32], drawn: list[tuple[CellNuclei, int]]
+    he: SyntheticHE, x: int, y: int, labels: NDArray[np.int32], drawn: DrawnNuclei
 ) -> tuple[F32, F32]:
     """Nuclear haematoxylin and the (float) nucleus mask of a region."""
     h, w = labels.shape
-    darkness = np.zeros(len(drawn) + 1, dtype=np.float32)
-    chroma = np.zeros(len(drawn) + 1, dtype=np.float32)
+    darkness = np.concatenate([[0.0], drawn.darkness]).astype(np.float32)
+    chroma = np.concatenate([[0.0], 2.0 * drawn.texture]).astype(np.float32)
     nucleoli = np.zeros((h, w), dtype=np.float32)
-    for k, (cell, i) in enumerate(drawn, start=1):
-        darkness[k] = cell.darkness[i]
-        chroma[k] = 2.0 * cell.texture[i]
-        nx, ny, r = cell.nucleoli[i]
-        if r > 0:
-            centre = (round((nx - x - 0.5) * 4), round((ny - y - 0.5) * 4))
-            cv2.circle(nucleoli, centre, round(r * 4), 1.0, -1, cv2.LINE_AA, shift=2)
+    for nx, ny, r in drawn.nucleoli[drawn.nucleoli[:, 2] > 0]:
+        centre = (round((nx - x - 0.5) * 4), round((ny - y - 0.5) * 4))
+        cv2.circle(nucleoli, centre, round(r * 4), 1.0, -1, cv2.LINE_AA, shift=2)
     inside = (labels > 0).astype(np.float32)
     step = 1.0 / he.mpp
     chromatin = lattice_noise(x, y, w, h, (step, step), he.seed, SALT_CHROMATIN) - 0.5
@@ -155,23 +193,23 @@ def render_region(he: SyntheticHE, x: int, y: int, w: int, h: int) -> NDArray[np
     m = MARGIN
     px, py, pw, ph = x - m, y - m, w + 2 * m, h + 2 * m  # the padded region
     grain = he.grain(px, py, pw, ph)
-    od = np.empty((ph, pw, 3), dtype=np.float32)
-    od[:] = (GLASS_OD - 0.0125 + 0.025 * grain)[..., None]
     stains = _tissue_layer(he, px, py, pw, ph, grain)
     labels, drawn = nucleus_labels(he, px, py, pw, ph)
-    if drawn:
+    if len(drawn.classes):
         nuc, inside = _nuclei_layer(he, px, py, labels, drawn)
         if stains is None:
             stains = (nuc, np.zeros_like(nuc))
         else:
             haem, eosin = stains
             stains = (haem * (1.0 - inside) + nuc, eosin * (1.0 - 0.75 * inside))
-    if stains is not None:
-        od += stains[0][..., None] * H_VECTOR
-        od += stains[1][..., None] * E_VECTOR
     ko = _kernel(SIGMA_OPTICS)
     r = ko // 2  # the final blur needs r pixels of context
-    linear = cv2.exp(-od[m - r : m + h + r, m - r : m + w + r]) * 255.0
+    crop = (slice(m - r, m + h + r), slice(m - r, m + w + r))
+    if stains is None:
+        zero = np.zeros((ph, pw), dtype=np.float32)
+        stains = (zero, zero)
+    layers = cv2.merge([grain[crop], stains[0][crop], stains[1][crop]])
+    # rgb = 255 * exp(-(glass + 0.025 * (grain - 0.5) + H * h_vector + E * e_vector))
+    linear = cv2.exp(cv2.transform(layers, _TO_LOG_RGB))
     blurred = cv2.GaussianBlur(linear, (ko, ko), SIGMA_OPTICS)
-    out: NDArray[np.uint8] = (blurred[r : r + h, r : r + w] + 0.5).astype(np.uint8)
-    return out
+    return np.asarray(cv2.convertScaleAbs(blurred[r : r + h, r : r + w]), dtype=np.uint8)

@@ -21,6 +21,8 @@ Example:
 from __future__ import annotations
 
 import math
+import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from typing import Any
 
@@ -28,12 +30,20 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
-from pathray.slides.synthetic_noise import fractal_noise, hash_uniform, sampled, value_noise
+from pathray.slides.synthetic_noise import (
+    coarse_window,
+    fractal_noise,
+    hash_uniform,
+    upsample_window,
+    value_noise,
+)
 
 F64 = NDArray[np.float64]
 Field = NDArray[np.floating[Any]]
 
 SALT_TISSUE, SALT_TUMOUR, SALT_LYMPH, SALT_ORIENT = 100, 200, 300, 400
+_STRIDE = 8  # px between samples of the slow fields when rendering
+_BLOCK, _PAD = 128, 8  # cached blocks of slow-field samples (1024 px), with overlap
 
 
 def _smooth(t: F64) -> F64:
@@ -91,6 +101,18 @@ class TissueLayout:
         self.threshold, gradient = self._calibrate(tissue_fraction)
         #: Width (in field units) of the soft tissue edge: about 2 px.
         self.edge = 2.0 * gradient
+        self._lock = threading.Lock()
+        self._blocks: OrderedDict[tuple[int, int], NDArray[np.float32]] = OrderedDict()
+        self._max_blocks = math.ceil(width / (_BLOCK * _STRIDE)) + 4
+
+    def __getstate__(self) -> dict[str, object]:
+        state = self.__dict__.copy()
+        state["_blocks"], state["_lock"] = OrderedDict(), None
+        return state
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
 
     # --- tissue ---------------------------------------------------------------------------
 
@@ -178,31 +200,63 @@ class TissueLayout:
         out: Field = np.cos(theta) ** 2
         return out
 
-    def slow_fields(self, x: int, y: int, w: int, h: int, stride: int = 8) -> NDArray[np.float32]:
+    def _slow_coarse(self, cx: F64, cy: F64) -> NDArray[np.float32]:
+        """Tissue field, tumour weight and fibre weight on a grid of coordinates."""
+        tumour = np.clip((self.tumour_field(cx, cy) - 0.45) * 5.0, 0.0, 1.0)
+        parts = [self.tissue_field(cx, cy), tumour, self.orientation_weight(cx, cy)]
+        return np.stack(parts, axis=-1).astype(np.float32)
+
+    def _slow_window(self, kx0: int, ky0: int, nx: int, ny: int) -> NDArray[np.float32]:
+        """Coarse slow fields for lattice indices ``[kx0, kx0 + nx) x [ky0, ky0 + ny)``.
+
+        Served from cached blocks of ``_BLOCK`` lattice points (plus ``_PAD`` on each side),
+        which is what a tile needs; anything else is computed directly. Both give the same
+        values: every lattice value depends only on its own coordinates.
+        """
+        bx, by = (kx0 + _PAD) // _BLOCK, (ky0 + _PAD) // _BLOCK
+        ox, oy = kx0 - (bx * _BLOCK - _PAD), ky0 - (by * _BLOCK - _PAD)
+        size = _BLOCK + 2 * _PAD
+        if ox < 0 or oy < 0 or ox + nx > size or oy + ny > size:
+            return self._slow_coarse(
+                np.arange(kx0, kx0 + nx, dtype=np.float64) * _STRIDE,
+                np.arange(ky0, ky0 + ny, dtype=np.float64) * _STRIDE,
+            )
+        with self._lock:
+            block = self._blocks.get((bx, by))
+            if block is not None:
+                self._blocks.move_to_end((bx, by))
+        if block is None:
+            start_x, start_y = bx * _BLOCK - _PAD, by * _BLOCK - _PAD
+            block = self._slow_coarse(
+                np.arange(start_x, start_x + size, dtype=np.float64) * _STRIDE,
+                np.arange(start_y, start_y + size, dtype=np.float64) * _STRIDE,
+            )
+            with self._lock:
+                self._blocks[(bx, by)] = block
+                while len(self._blocks) > self._max_blocks:
+                    self._blocks.popitem(last=False)
+        return block[oy : oy + ny, ox : ox + nx]
+
+    def slow_fields(self, x: int, y: int, w: int, h: int) -> NDArray[np.float32]:
         """Tissue alpha, tumour weight and horizontal-fibre weight over a region's pixels.
 
-        The slowly varying fields are evaluated every ``stride`` pixels of an absolute lattice
-        and interpolated bilinearly (:func:`~pathray.slides.synthetic_noise.sampled`); the
-        tissue alpha is then computed per pixel from the interpolated tissue field, so the
-        tissue edge stays sharp and in place.
+        The slowly varying fields are evaluated every 8 pixels of an absolute lattice (cached
+        in blocks) and interpolated bilinearly (see
+        :func:`~pathray.slides.synthetic_noise.sampled`); the tissue alpha is then computed per
+        pixel from the interpolated tissue field, so the tissue edge stays sharp and in place.
 
         Args:
             x: Left edge (integer level-0 px).
             y: Top edge.
             w: Width.
             h: Height.
-            stride: Coarse lattice spacing in pixels.
 
         Returns:
             ``(h, w, 3)`` float32 array.
         """
-
-        def fields(cx: F64, cy: F64) -> NDArray[np.float32]:
-            tumour = np.clip((self.tumour_field(cx, cy) - 0.45) * 5.0, 0.0, 1.0)
-            parts = [self.tissue_field(cx, cy), tumour, self.orientation_weight(cx, cy)]
-            return np.stack(parts, axis=-1).astype(np.float32)
-
-        out = sampled(fields, x, y, w, h, stride)
+        kx0, ky0, nx, ny = coarse_window(x, y, w, h, _STRIDE)
+        coarse = self._slow_window(kx0, ky0, nx, ny)
+        out = upsample_window(coarse, kx0, ky0, _STRIDE, x, y, w, h)
         alpha = out[..., 0]
         alpha -= np.float32(self.threshold)
         alpha *= np.float32(1.0 / self.edge)
@@ -212,7 +266,7 @@ class TissueLayout:
 
     # --- tissue outlines ------------------------------------------------------------------
 
-    def tissue_polygons(self, max_grid: int = 2048) -> Iterator[list[list[list[float]]]]:
+    def tissue_polygons(self, max_grid: int = 1024) -> Iterator[list[list[list[float]]]]:
         """Outlines of the tissue pieces as GeoJSON polygon rings in level-0 px.
 
         The field is sampled every ``D = ceil(max(width, height) / max_grid)`` pixels and traced,

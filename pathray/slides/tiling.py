@@ -98,8 +98,8 @@ class TileGrid:
 
     def boxes(self) -> np.ndarray:
         """All tiles as an ``(n, 5)`` array: ``tile_id, x, y, width, height`` (level 0)."""
-        cols, rows = np.meshgrid(np.arange(self.columns), np.arange(self.rows))
-        cols, rows = cols.ravel(), rows.ravel()
+        grid_cols, grid_rows = np.meshgrid(np.arange(self.columns), np.arange(self.rows))
+        cols, rows = grid_cols.ravel(), grid_rows.ravel()
         x = np.floor(cols * self.stride).astype(np.int64)
         y = np.floor(rows * self.stride).astype(np.int64)
         span = np.full_like(x, round(self.span))

@@ -7,7 +7,8 @@ being Otsu's, clamped to the band where background ends and faint tissue begins,
 specks and fills small holes.
 
 Example:
-    >>> mask = tissue_mask(open_reader("../shared/data/wsi/CMU-1-Small-Region.svs"), mpp=0.499)  # doctest: +SKIP
+    >>> reader = open_reader("../shared/data/wsi/CMU-1-Small-Region.svs")  # doctest: +SKIP
+    >>> mask = tissue_mask(reader, mpp=0.499)  # doctest: +SKIP
     >>> mask.downsample, mask.array.dtype  # doctest: +SKIP
     (16.03..., dtype('bool'))
 """
@@ -110,10 +111,8 @@ def tissue_mask(reader: SlideReader, mpp: float | None) -> TissueMask:
         The mask and its downsample against level 0.
     """
     width, height = reader.level_dimensions[0]
-    if mpp:
-        downsample = max(MASK_MPP / mpp, 1.0)
-    else:
-        downsample = max(max(width, height) / MASK_SIDE, 1.0)
+    longest = max(width, height)
+    downsample = max(MASK_MPP / mpp if mpp else longest / MASK_SIDE, 1.0)
     out_w, out_h = max(1, round(width / downsample)), max(1, round(height / downsample))
     thumb = reader.read_region(0, 0, out_w, out_h, downsample=downsample)
     return TissueMask(mask_from_image(thumb), width / out_w)

@@ -75,7 +75,9 @@ class DarkBlobs(Unit):
                 if cv2.contourArea(contour) < self.config.min_area or len(contour) < 3:
                     continue
                 pts = contour[:, 0, :].astype(np.float64) * down
-                poly = shapely.Polygon(pts + (batch["x"][i], batch["y"][i]))
+                pts[:, 0] += batch["x"][i]
+                pts[:, 1] += batch["y"][i]
+                poly = shapely.Polygon(pts)
                 c = poly.centroid
                 if batch["core_x0"][i] <= c.x < batch["core_x1"][i] and (
                     batch["core_y0"][i] <= c.y < batch["core_y1"][i]

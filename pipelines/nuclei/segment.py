@@ -12,9 +12,17 @@ tile's ``mpp`` so that one parameter set serves 0.25 and 0.5 um/px alike:
    its pale rim and the halo of a dark one is not taken for nucleus).
 4. Opening, hole filling.
 5. Markers: local maxima of a surface that adds the distance to the background (microns) and the
-   locally normalised contrast; a seeded watershed on that surface splits touching nuclei.
+   locally normalised contrast; a seeded watershed on that surface splits touching nuclei. A
+   piece too thin to hold a marker (narrower than ``2 * marker_min_um``) is dropped.
 6. Neighbours separated by a shallow saddle (less than ``merge_depth_um``) are merged again;
    instances outside the plausible area range are dropped.
+
+Local maxima ("the largest value within r") use a square of the same area as the disk of radius
+``r``: OpenCV dilates by a rectangle in constant time per pixel, by a disk in time proportional
+to its size, and the results are the same to within 0.01 F1.
+
+The scale matters: give the true resolution of the pixels. Told 0.7x or 1.4x the true ``mpp``,
+the object F1 on the real sets moves by up to 0.2 (mostly down); told 4x, it collapses.
 
 Example:
     >>> import numpy as np
@@ -51,9 +59,10 @@ _BACKGROUND_FACTOR = 4
 class SegmentParams:
     """Parameters of :func:`segment_nuclei`; lengths in microns, areas in square microns.
 
-    The defaults were tuned once on three real sets of different stains and scales (DSB 2018
-    H&E, DSB 2018 haematoxylin-only, CryoNuSeg frozen H&E) and on the synthetic slides; see
-    ``benchmarks/nuclei_quality.py``.
+    The defaults were tuned once, by coordinate search, for the mean object F1 over three real
+    sets of different stains and scales (DSB 2018 H&E, DSB 2018 haematoxylin-only, CryoNuSeg
+    frozen H&E; median nucleus about 17 um2), with the synthetic slides (nuclei of 30-130 um2)
+    kept above 0.92; see ``benchmarks/nuclei_quality.py``.
 
     Attributes:
         smooth_sigma_um: Gaussian sigma applied to the haematoxylin density.
@@ -85,10 +94,10 @@ class SegmentParams:
     open_radius_um: float = 0.5
     min_distance_um: float = 1.5
     marker_min_um: float = 1.0
-    intensity_weight_um: float = 8.0
+    intensity_weight_um: float = 4.0
     marker_sigma_um: float = 0.5
     merge_depth_um: float = 0.5
-    min_area_um2: float = 6.0
+    min_area_um2: float = 4.0
     max_area_um2: float = 400.0
 
     def __post_init__(self) -> None:
@@ -137,6 +146,13 @@ def hematoxylin_density(image: np.ndarray) -> np.ndarray:
 def _disk(radius_px: float) -> np.ndarray:
     r = max(round(radius_px), 1)
     return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+
+
+def _local_max(image: np.ndarray, radius_px: float) -> np.ndarray:
+    """Grey dilation by the square of the same area as a disk of ``radius_px`` (separable, fast)."""
+    half = max(round(radius_px * np.sqrt(np.pi) / 2), 1)
+    out: np.ndarray = cv2.dilate(image, np.ones((2 * half + 1, 2 * half + 1), np.uint8))
+    return out
 
 
 def local_contrast(hem: np.ndarray, *, mpp: float, radius_um: float) -> np.ndarray:
@@ -202,12 +218,12 @@ def nucleus_mask(
     if params.smooth_sigma_um > 0:
         hem = cv2.GaussianBlur(hem, (0, 0), params.smooth_sigma_um / mpp)
     contrast = local_contrast(hem, mpp=mpp, radius_um=params.background_radius_um)
-    peak = cv2.dilate(contrast, _disk(params.peak_radius_um / mpp))
+    peak = _local_max(contrast, params.peak_radius_um / mpp)
     mask = (contrast > params.min_contrast_od) & (contrast > params.relative_threshold * peak)
-    mask8 = mask.astype(np.uint8)
+    mask8: np.ndarray = mask.astype(np.uint8)
     if params.open_radius_um > 0:
         mask8 = cv2.morphologyEx(mask8, cv2.MORPH_OPEN, _disk(params.open_radius_um / mpp))
-    normalised = np.clip(contrast, 0, None) / np.maximum(peak, params.min_contrast_od)
+    normalised = np.clip(contrast, 0, None) / np.maximum(peak, max(params.min_contrast_od, 1e-3))
     return fill_holes(mask8), normalised.astype(np.float32)
 
 
@@ -229,12 +245,15 @@ def split_instances(
     surface = dist + np.float32(params.intensity_weight_um) * normalised * mask
     if params.marker_sigma_um > 0:
         surface = cv2.GaussianBlur(surface, (0, 0), params.marker_sigma_um / mpp)
-    is_peak = surface >= cv2.dilate(surface, _disk(params.min_distance_um / mpp))
+    is_peak = surface >= _local_max(surface, params.min_distance_um / mpp)
     is_peak &= (dist > params.marker_min_um) & (mask > 0)
-    _, markers = cv2.connectedComponents(is_peak.astype(np.uint8), connectivity=8)
+    count, markers = cv2.connectedComponents(is_peak.astype(np.uint8), connectivity=8)
     labels: np.ndarray = watershed(-surface, markers, mask=mask > 0)
-    if params.merge_depth_um > 0:
-        labels = merge_shallow_basins(labels, surface, params.merge_depth_um)
+    if params.merge_depth_um > 0 and count > 2:
+        rows, cols = np.nonzero(markers)
+        peaks = np.full(count, -np.inf)
+        np.maximum.at(peaks, markers[rows, cols], surface[rows, cols])
+        labels = merge_shallow_basins(labels, surface, params.merge_depth_um, peaks)
     return labels.astype(np.int32, copy=False)
 
 
@@ -282,6 +301,8 @@ def segment_nuclei(
             f"tissue_mask must have the image's shape {image.shape[:2]}. "
             f"Got {tissue_mask.shape} instead."
         )
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        return np.zeros(image.shape[:2], np.int32)
     mask, normalised = nucleus_mask(image, mpp=mpp, params=params)
     if tissue_mask is not None:
         mask &= np.asarray(tissue_mask, bool)

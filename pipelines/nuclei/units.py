@@ -46,9 +46,12 @@ class NucleusSegmentation(Unit):
     batch_size = 16
 
     def setup(self) -> None:
-        """Validate the algorithm's parameters once."""
+        """Validate the algorithm's parameters once; one OpenCV thread per actor CPU."""
+        import cv2
+
         from pipelines.nuclei.segment import SegmentParams
 
+        cv2.setNumThreads(1)
         try:
             self._params = SegmentParams(**self.config.params)
         except (TypeError, ValueError) as exc:

@@ -65,7 +65,10 @@ def test_run_end_to_end(env: dict[str, object]) -> None:
     run = catalog.get_run(result.run_id)
     assert run.status == "succeeded" and run.progress["tiles_done"] == tiles.num_rows
     locations = catalog.result_locations(run_id=result.run_id)
-    assert {(loc.unit_name, loc.kind) for loc in locations} == {("tissue", "tiles"), ("blobs", "objects")}
+    assert {(loc.unit_name, loc.kind) for loc in locations} == {
+        ("tissue", "tiles"),
+        ("blobs", "objects"),
+    }
     assert all(Path(loc.uri).exists() for loc in locations)
     # region query equals a filter over the full table
     slide_id = int(objects["slide_id"][0].as_py())
@@ -73,7 +76,10 @@ def test_run_end_to_end(env: dict[str, object]) -> None:
     region = store.query_region(result.run_id, slide_id, box)
     full = objects.to_pandas()
     expected = full[
-        (full.bbox_x1 >= box[0]) & (full.bbox_x0 <= box[2]) & (full.bbox_y1 >= box[1]) & (full.bbox_y0 <= box[3])
+        (full.bbox_x1 >= box[0])
+        & (full.bbox_x0 <= box[2])
+        & (full.bbox_y1 >= box[1])
+        & (full.bbox_y0 <= box[3])
     ]
     assert 0 < region.num_rows == len(expected) < objects.num_rows
     # Parquet export holds the same rows
@@ -84,7 +90,9 @@ def test_run_end_to_end(env: dict[str, object]) -> None:
     assert _sorted(exported).equals(_sorted(objects))
 
 
-def test_killed_run_resumes_to_the_rows_of_a_clean_run(env: dict[str, object], tmp_path: Path) -> None:
+def test_killed_run_resumes_to_the_rows_of_a_clean_run(
+    env: dict[str, object], tmp_path: Path
+) -> None:
     catalog, store, home = env["catalog"], env["store"], env["home"]
     assert isinstance(catalog, Catalog) and isinstance(store, ColdStore)
     spec_file = tmp_path / "slow.yaml"
@@ -92,7 +100,13 @@ def test_killed_run_resumes_to_the_rows_of_a_clean_run(env: dict[str, object], t
     child_env = {**os.environ, "PATHRAY_HOME": str(home), "PATHRAY_COLD": str(store.root)}
     child_env.pop("RAY_ADDRESS", None)
     cmd = [sys.executable, "-m", "pathray", "run", str(spec_file), "--set", "ki67"]
-    proc = subprocess.Popen(cmd, env=child_env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        cmd,
+        env=child_env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     staging = store.root / "staging"
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
@@ -102,12 +116,14 @@ def test_killed_run_resumes_to_the_rows_of_a_clean_run(env: dict[str, object], t
         time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
     proc.wait()
-    run = next(r for r in catalog.list_runs() if r.pipeline_name == "blobs" and r.status == "running")
+    run = next(
+        r for r in catalog.list_runs() if r.pipeline_name == "blobs" and r.status == "running"
+    )
     done_before = len(store.done_tiles(run.id))
     assert done_before > 0
     resumed = run_pipeline(catalog, store, PipelineSpec.from_yaml(spec_file), resume=run.id)
     assert resumed.run_id == run.id and resumed.status == "succeeded"
-    assert 0 < resumed.tiles_processed  # only the missing tiles were processed again
+    assert resumed.tiles_processed > 0  # only the missing tiles were processed again
     clean = run_pipeline(catalog, store, PipelineSpec.from_yaml(spec_file), "ki67")
     assert resumed.tiles_processed + done_before == clean.tiles_processed
     for kind in ("objects", "tiles"):

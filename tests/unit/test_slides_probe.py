@@ -10,7 +10,15 @@ import pytest
 
 from pathray.errors import SlideError
 from pathray.slides.probe import checksum, find_slides, probe_slide
-from tests.helpers import CMU_DICOM, CMU_SVS, OME_FILES, REAL_SLIDES, TCGA_SVS, WSI, write_absurd_tiff
+from tests.helpers import (
+    CMU_DICOM,
+    CMU_SVS,
+    OME_FILES,
+    REAL_SLIDES,
+    TCGA_SVS,
+    WSI,
+    write_absurd_tiff,
+)
 
 
 @pytest.mark.parametrize("path", REAL_SLIDES, ids=lambda p: p.name)

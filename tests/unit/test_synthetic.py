@@ -83,7 +83,9 @@ def test_ground_truth_is_byte_identical_for_the_same_seed(slide, tmp_path: Path)
 def test_tile_pixels_are_deterministic_and_seed_dependent(he: SyntheticHE) -> None:
     tile = he.render_region(768, 768, 256, 256)
     assert tile.shape == (256, 256, 3) and tile.dtype == np.uint8
-    assert np.array_equal(tile, SyntheticHE(SIZE, SIZE, seed=SEED).render_region(768, 768, 256, 256))
+    assert np.array_equal(
+        tile, SyntheticHE(SIZE, SIZE, seed=SEED).render_region(768, 768, 256, 256)
+    )
     other = SyntheticHE(SIZE, SIZE, seed=SEED + 1).render_region(768, 768, 256, 256)
     assert not np.array_equal(tile, other)
 
@@ -272,3 +274,43 @@ def test_class_subset_and_nuclei_cells() -> None:
 def test_invalid_arguments(kwargs: dict) -> None:
     with pytest.raises(ConfigError):
         SyntheticHE(**kwargs)
+
+
+@pytest.mark.slow
+def test_memory_stays_bounded_for_a_16k_synthetic_slide(tmp_path: Path) -> None:
+    import threading
+    import time
+
+    import psutil
+
+    process = psutil.Process()
+    baseline = process.memory_info().rss
+    peak = [baseline]
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], process.memory_info().rss)
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        slide = make_synthetic_slide(tmp_path / "big.tif", width=16384, height=16384, seed=3)
+    finally:
+        done.set()
+        watcher.join()
+    growth_mb = (peak[0] - baseline) / 2**20
+    # Level 0 alone would be 768 MB uncompressed.
+    assert growth_mb < 500, growth_mb
+    assert slide.n_nuclei is not None and slide.n_nuclei > 10_000
+
+
+def test_generator_pickles_for_workers(he: SyntheticHE) -> None:
+    import pickle
+
+    he.render_region(0, 0, 64, 64)  # fill the caches
+    clone = pickle.loads(pickle.dumps(he))
+    assert np.array_equal(
+        clone.render_region(1000, 1000, 128, 128), he.render_region(1000, 1000, 128, 128)
+    )
