@@ -2,6 +2,9 @@
 SHELL := /bin/bash
 VENV ?= $(or $(PATHRAY_VENV),$(HOME)/.cache/pathray/venv-py311)
 export PATHRAY_VENV := $(VENV)
+# The environment may be shared by several checkouts: import this one first, whichever was
+# installed last.
+export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 PY := $(VENV)/bin/python
 
 .PHONY: setup setup-test demo test lint bench

@@ -26,6 +26,7 @@ from rich.table import Table
 from pathray.catalog import Catalog
 from pathray.config import Settings
 from pathray.engine.runner import RunResult, run_pipeline
+from pathray.errors import PathRayError
 from pathray.evaluate.run_eval import evaluate_run
 from pathray.formats import AnnotationRecord, read_geojson, read_instance_mask
 from pathray.formats.catalog_io import REGION_ROLE, import_records
@@ -181,8 +182,31 @@ def run_demo(
         report = evaluate_run(catalog, store, run.run_id, reference) if reference else None
         results[image_set] = {"run": run, "metrics": report}
     console.print(_summary_table(results))
+    agreement = copies_agreement(catalog, store, results["real-wsi"]["run"].run_id)
+    if agreement is not None:
+        console.print(
+            "CMU-1-Small-Region, SVS vs DICOM copy (same scan): nuclei "
+            f"{agreement['n_pred']} vs {agreement['n_ref']}, F1 {agreement['f1']:.3f}, "
+            f"Dice {agreement['dice']:.3f}"
+        )
     console.print(_locations_table(catalog, store, results, settings))
     return results
+
+
+def copies_agreement(catalog: Catalog, store: ColdStore, run_id: str) -> dict[str, Any] | None:
+    """How far a run's nuclei on the SVS and the DICOM copy of CMU-1-Small-Region agree."""
+    from pathray.evaluate import compare_objects
+
+    try:
+        svs = catalog.get_slide("CMU-1-Small-Region.svs")
+        dicom = catalog.get_slide("CMU-1-Small-Region-dicom")
+    except PathRayError:
+        return None
+    polygons = [
+        shapely.from_wkb(store.read(run_id, "objects", s.id, ["polygon"])["polygon"].to_numpy(False))
+        for s in (svs, dicom)
+    ]
+    return compare_objects(polygons[0], polygons[1]).metrics()
 
 
 def _summary_table(results: dict[str, Any]) -> Table:
