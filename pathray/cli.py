@@ -111,18 +111,19 @@ def slides_add(
     actor: Actor = ME,
 ) -> None:
     """Register slides; bad files are reported and the rest register."""
+    from pathray.slides.probe import find_slides
     from pathray.slides.register import register_slides
 
     catalog = _catalog()
-    with console.status("probing slides...") as status:
+    total = len(find_slides(path)) if path.exists() else 0
+    with _progress() as bar:
+        task = bar.add_task("registering", total=total)
+
+        def advance(p: Path) -> None:
+            bar.update(task, advance=1, description=f"probing {p.name[:40]}")
+
         report = register_slides(
-            catalog,
-            path,
-            store=store,
-            mpp=mpp,
-            image_set=image_set,
-            actor=actor,
-            on_slide=lambda p: status.update(f"probing {p.name}"),
+            catalog, path, store=store, mpp=mpp, image_set=image_set, actor=actor, on_slide=advance
         )
     for slide in report.registered:
         console.print(f"[green]registered[/green] {slide.id:>4}  {slide.name}")
@@ -298,13 +299,7 @@ def _run_with_progress(
 ) -> Any:
     from pathray.engine.runner import run_pipeline
 
-    columns = (
-        "[progress.description]{task.description}",
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-    )
-    with Progress(*columns, console=err, transient=True) as bar:
+    with _progress() as bar:
         task = bar.add_task(f"{spec.name} tiles", total=None)
         return run_pipeline(
             catalog,
@@ -315,6 +310,17 @@ def _run_with_progress(
             resume=resume,
             progress=lambda done, total: bar.update(task, completed=done, total=total),
         )
+
+
+def _progress() -> Progress:
+    """A progress bar on stderr that disappears when done."""
+    columns = (
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+    return Progress(*columns, console=err, transient=True)
 
 
 def _print_run(result: Any, store: Any) -> None:
