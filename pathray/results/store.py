@@ -21,7 +21,6 @@ Example:
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,9 +30,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pathray.errors import NotFoundError
-
-# Lance logs a warning each time it creates a dataset; PathRay creates one per run on purpose.
-os.environ.setdefault("LANCE_LOG", "error")
 
 KINDS = ("tiles", "objects")
 
