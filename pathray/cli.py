@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 from rich.table import Table
 
+from pathray.cli_models import models_app
 from pathray.config import Settings
 from pathray.errors import PathRayError
 
@@ -35,6 +36,7 @@ app.add_typer(slides_app, name="slides")
 app.add_typer(sets_app, name="sets")
 app.add_typer(ann_app, name="annotations")
 app.add_typer(runs_app, name="runs")
+app.add_typer(models_app, name="models")
 
 # Wide enough for the metric tables when the output is a pipe or a CI log.
 console = Console(width=None if sys.stdout.isatty() else 160)

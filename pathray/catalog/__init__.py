@@ -2,7 +2,8 @@
 
 It keeps slides and their replicas on stores, image sets (with protection), annotation sets and
 annotations (WKB geometry plus indexed bounding boxes), runs, the locations of their results in
-the cold store, evaluations, users and an append-only audit log. Open it with
+the cold store, evaluations, the model registry (models, versions, aliases), unit versions and
+pipeline versions with their DAGs, users and an append-only audit log. Open it with
 :meth:`Catalog.open`; the schema is managed by the Alembic migrations in ``migrations/``.
 """
 
@@ -13,11 +14,15 @@ from pathray.catalog.records import (
     AuditEntry,
     Evaluation,
     ImageSet,
+    Model,
+    ModelVersion,
+    PipelineRecord,
     Replica,
     ResultLocation,
     Run,
     Slide,
     SlideStore,
+    UnitVersion,
     User,
 )
 
@@ -28,10 +33,14 @@ __all__ = [
     "Catalog",
     "Evaluation",
     "ImageSet",
+    "Model",
+    "ModelVersion",
+    "PipelineRecord",
     "Replica",
     "ResultLocation",
     "Run",
     "Slide",
     "SlideStore",
+    "UnitVersion",
     "User",
 ]

@@ -17,13 +17,23 @@ from pathray.catalog.access import AccessMixin
 from pathray.catalog.annotations import AnnotationsMixin
 from pathray.catalog.engine import make_engine, upgrade
 from pathray.catalog.image_sets import ImageSetsMixin
+from pathray.catalog.models_registry import ModelRegistryMixin
+from pathray.catalog.pipeline_registry import PipelineRegistryMixin
 from pathray.catalog.runs import RunsMixin
 from pathray.catalog.slides import SlidesMixin
 from pathray.config import Settings
 
 
-class Catalog(AccessMixin, SlidesMixin, ImageSetsMixin, AnnotationsMixin, RunsMixin):
-    """The hot catalog: slides, stores, image sets, annotations, runs, results, audit log.
+class Catalog(
+    AccessMixin,
+    SlidesMixin,
+    ImageSetsMixin,
+    AnnotationsMixin,
+    RunsMixin,
+    ModelRegistryMixin,
+    PipelineRegistryMixin,
+):
+    """The hot catalog: slides, image sets, annotations, runs, results, models, units, audit.
 
     Create it with :meth:`open`. A catalog pickles as its URL (the copy reconnects without
     migrating), so it can be handed to Ray tasks and actors.

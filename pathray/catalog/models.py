@@ -13,16 +13,19 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     CheckConstraint,
     DateTime,
     Dialect,
     Float,
     ForeignKey,
+    ForeignKeyConstraint,
     Index,
     Integer,
     LargeBinary,
     MetaData,
+    PrimaryKeyConstraint,
     String,
     Text,
     UniqueConstraint,
@@ -47,6 +50,7 @@ ANNOTATION_SET_KINDS = ("reference", "correction", "import", "model")
 ANNOTATION_SOURCES = ("human", "model", "correction", "import")
 RUN_STATUSES = ("pending", "running", "succeeded", "failed", "cancelled")
 RESULT_KINDS = ("objects", "tiles")
+MODEL_FRAMEWORKS = ("classical", "sklearn", "xgboost", "torch")
 
 JSONType = JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
 
@@ -329,3 +333,142 @@ class AuditRow(Base):
     entity: Mapped[str] = mapped_column(String(64), nullable=False)
     entity_id: Mapped[str] = mapped_column(String(128), nullable=False)
     details: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False)
+
+
+# -- model registry, units, pipelines (migration 0002) ------------------------------------------
+
+
+class ModelRow(Base):
+    """A named model; its trained states are the rows of ``model_versions``."""
+
+    __tablename__ = "models"
+    __table_args__ = (CheckConstraint(_in_check("framework", MODEL_FRAMEWORKS), name="framework"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(256), unique=True, nullable=False)
+    framework: Mapped[str] = mapped_column(String(16), nullable=False)
+    task: Mapped[str] = mapped_column(String(256), nullable=False, default="", server_default="")
+    description: Mapped[str] = mapped_column(Text, nullable=False, default="", server_default="")
+    created_at: Mapped[datetime] = _created_at()
+
+
+class ModelVersionRow(Base):
+    """One trained state of a model: its content-addressed artifact and how it was made."""
+
+    __tablename__ = "model_versions"
+    __table_args__ = (
+        UniqueConstraint("model_id", "version", name="uq_model_versions_model_version"),
+        CheckConstraint("version >= 1", name="version"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"), nullable=False)
+    version: Mapped[int] = mapped_column(Integer, nullable=False)
+    artifact_digest: Mapped[str] = mapped_column(String(64), nullable=False, index=True)
+    artifact_uri: Mapped[str] = mapped_column(Text, nullable=False)
+    artifact_size: Mapped[int | None] = mapped_column(BigInteger)
+    parent_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
+    training_run: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False)
+    container_image: Mapped[str | None] = mapped_column(String(512))
+    resources: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False)
+    created_at: Mapped[datetime] = _created_at()
+    created_by: Mapped[str] = mapped_column(String(128), nullable=False)
+
+
+class ModelAliasRow(Base):
+    """A movable name (``champion``, ``staging``) for one version of a model."""
+
+    __tablename__ = "model_aliases"
+
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"), primary_key=True)
+    alias: Mapped[str] = mapped_column(String(64), primary_key=True)
+    version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"), nullable=False)
+
+
+class UnitRow(Base):
+    """A pipeline unit by name; ``role`` is its output role (two units of a role exclude)."""
+
+    __tablename__ = "units"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(256), unique=True, nullable=False)
+    role: Mapped[str | None] = mapped_column(String(128))
+    created_at: Mapped[datetime] = _created_at()
+
+
+class UnitVersionRow(Base):
+    """A unit version with one validated config (and model version); iterations chain by parent."""
+
+    __tablename__ = "unit_versions"
+    __table_args__ = (
+        UniqueConstraint("unit_id", "version", "config_hash", name="uq_unit_versions_key"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    unit_id: Mapped[int] = mapped_column(ForeignKey("units.id"), nullable=False)
+    version: Mapped[str] = mapped_column(String(64), nullable=False)
+    config: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False)
+    config_hash: Mapped[str] = mapped_column(String(128), nullable=False)
+    model_version_id: Mapped[int | None] = mapped_column(
+        ForeignKey("model_versions.id"), index=True
+    )
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("unit_versions.id"))
+    code_version: Mapped[str] = mapped_column(
+        String(128), nullable=False, default="", server_default=""
+    )
+    created_at: Mapped[datetime] = _created_at()
+
+
+class PipelineRow(Base):
+    """A pipeline version: its spec and the hash that identifies it."""
+
+    __tablename__ = "pipelines"
+    __table_args__ = (UniqueConstraint("name", "version", name="uq_pipelines_name_version"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(256), nullable=False)
+    version: Mapped[str] = mapped_column(String(64), nullable=False)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False)
+    spec_hash: Mapped[str] = mapped_column(String(128), nullable=False)
+    created_at: Mapped[datetime] = _created_at()
+
+
+class PipelineNodeRow(Base):
+    """A node of a pipeline version's DAG, pinned to one unit version."""
+
+    __tablename__ = "pipeline_nodes"
+
+    pipeline_id: Mapped[int] = mapped_column(
+        ForeignKey("pipelines.id", ondelete="CASCADE"), primary_key=True
+    )
+    node_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    unit_version_id: Mapped[int] = mapped_column(
+        ForeignKey("unit_versions.id"), nullable=False, index=True
+    )
+
+
+class PipelineEdgeRow(Base):
+    """A precursor relation of a pipeline version: the output of ``src`` feeds ``dst``."""
+
+    __tablename__ = "pipeline_edges"
+    __table_args__ = (
+        PrimaryKeyConstraint("pipeline_id", "src", "dst", name="pk_pipeline_edges"),
+        ForeignKeyConstraint(
+            ["pipeline_id", "src"],
+            ["pipeline_nodes.pipeline_id", "pipeline_nodes.node_id"],
+            name="fk_pipeline_edges_src_pipeline_nodes",
+            ondelete="CASCADE",
+        ),
+        ForeignKeyConstraint(
+            ["pipeline_id", "dst"],
+            ["pipeline_nodes.pipeline_id", "pipeline_nodes.node_id"],
+            name="fk_pipeline_edges_dst_pipeline_nodes",
+            ondelete="CASCADE",
+        ),
+        CheckConstraint("src <> dst", name="no_loop"),
+    )
+
+    pipeline_id: Mapped[int] = mapped_column(Integer, nullable=False)
+    src: Mapped[str] = mapped_column(String(128), nullable=False)
+    dst: Mapped[str] = mapped_column(String(128), nullable=False)

@@ -20,10 +20,14 @@ from pathray.catalog.models import (
     AuditRow,
     EvaluationRow,
     ImageSetRow,
+    ModelRow,
+    ModelVersionRow,
+    PipelineRow,
     ResultLocationRow,
     RunRow,
     SlideRow,
     SlideStoreRow,
+    UnitVersionRow,
     UserRow,
 )
 
@@ -33,6 +37,7 @@ AnnotationSetKind = Literal["reference", "correction", "import", "model"]
 AnnotationSource = Literal["human", "model", "correction", "import"]
 RunStatus = Literal["pending", "running", "succeeded", "failed", "cancelled"]
 ResultKind = Literal["objects", "tiles"]
+Framework = Literal["classical", "sklearn", "xgboost", "torch"]
 
 TERMINAL_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
 
@@ -334,3 +339,191 @@ class AuditEntry:
     def from_row(cls, row: AuditRow) -> AuditEntry:
         """Build the record from its ORM row."""
         return cls(row.id, row.at, row.actor, row.action, row.entity, row.entity_id, row.details)
+
+
+# -- model registry, units, pipelines ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Model:
+    """A registered model.
+
+    Attributes:
+        framework: ``"classical"``, ``"sklearn"``, ``"xgboost"`` or ``"torch"``.
+        task: What the model does (``"nucleus segmentation"``, ...), free text.
+        latest_version: Its highest version number, or None before the first version.
+        aliases: Alias -> version number (``{"champion": 3}``).
+    """
+
+    id: int
+    name: str
+    framework: str
+    task: str
+    description: str
+    latest_version: int | None
+    aliases: dict[str, int]
+    created_at: datetime
+
+    @classmethod
+    def from_row(cls, row: ModelRow, latest_version: int | None, aliases: dict[str, int]) -> Model:
+        """Build the record from its ORM row, its newest version number and its aliases."""
+        return cls(
+            id=row.id,
+            name=row.name,
+            framework=row.framework,
+            task=row.task,
+            description=row.description,
+            latest_version=latest_version,
+            aliases=dict(aliases),
+            created_at=row.created_at,
+        )
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """One trained state of a model: its artifact, the training run that made it, its metrics.
+
+    Attributes:
+        model: Name of the model.
+        version: 1, 2, 3, ... within the model.
+        artifact_digest: SHA-256 of the artifact in the cold store's artifact store.
+        artifact_uri: Where the artifact was stored when the version was recorded.
+        artifact_size: Its size in bytes, when known.
+        parent_version: Version number this one was derived from (fine-tuned, retrained).
+        training_run: Image set, annotation set, config, code version and seed of the training.
+        resources: ``{"cpus": float, "gpus": float, "memory_mb": int | None}`` it needs.
+        aliases: The aliases pointing at this version.
+    """
+
+    id: int
+    model_id: int
+    model: str
+    version: int
+    artifact_digest: str
+    artifact_uri: str
+    artifact_size: int | None
+    parent_version_id: int | None
+    parent_version: int | None
+    training_run: dict[str, Any]
+    metrics: dict[str, Any]
+    container_image: str | None
+    resources: dict[str, Any]
+    aliases: tuple[str, ...]
+    created_at: datetime
+    created_by: str
+
+    @property
+    def ref(self) -> str:
+        """``name@version``, e.g. ``nuclei-rf@3``."""
+        return f"{self.model}@{self.version}"
+
+    @classmethod
+    def from_row(
+        cls,
+        row: ModelVersionRow,
+        model: str,
+        parent_version: int | None,
+        aliases: tuple[str, ...] = (),
+    ) -> ModelVersion:
+        """Build the record from its ORM row, its model's name, its parent's number, aliases."""
+        return cls(
+            id=row.id,
+            model_id=row.model_id,
+            model=model,
+            version=row.version,
+            artifact_digest=row.artifact_digest,
+            artifact_uri=row.artifact_uri,
+            artifact_size=row.artifact_size,
+            parent_version_id=row.parent_version_id,
+            parent_version=parent_version,
+            training_run=dict(row.training_run),
+            metrics=dict(row.metrics),
+            container_image=row.container_image,
+            resources=dict(row.resources),
+            aliases=tuple(sorted(aliases)),
+            created_at=row.created_at,
+            created_by=row.created_by,
+        )
+
+
+@dataclass(frozen=True)
+class UnitVersion:
+    """A unit version with one validated config, optionally bound to a model version.
+
+    Attributes:
+        unit: Name of the unit.
+        role: The unit's output role (units of one role exclude each other), if declared.
+        config_hash: Hash of the validated config (it identifies the version with ``version``).
+        model_version_id: The model version the unit loads, or None (classical code).
+        parent_id: The unit version this one iterates on (retrained, reconfigured), or None.
+    """
+
+    id: int
+    unit_id: int
+    unit: str
+    role: str | None
+    version: str
+    config: dict[str, Any]
+    config_hash: str
+    model_version_id: int | None
+    parent_id: int | None
+    code_version: str
+    created_at: datetime
+
+    @property
+    def ref(self) -> str:
+        """``unit@version#hash`` with the first 8 digits of the config hash."""
+        return f"{self.unit}@{self.version}#{self.config_hash[:8]}"
+
+    @classmethod
+    def from_row(cls, row: UnitVersionRow, unit: str, role: str | None) -> UnitVersion:
+        """Build the record from its ORM row and its unit's name and role."""
+        return cls(
+            id=row.id,
+            unit_id=row.unit_id,
+            unit=unit,
+            role=role,
+            version=row.version,
+            config=dict(row.config),
+            config_hash=row.config_hash,
+            model_version_id=row.model_version_id,
+            parent_id=row.parent_id,
+            code_version=row.code_version,
+            created_at=row.created_at,
+        )
+
+
+@dataclass(frozen=True)
+class PipelineRecord:
+    """A stored pipeline version: its spec, and its DAG of pinned unit versions.
+
+    Attributes:
+        spec_hash: Hash of the spec; a name and version always keep the same spec.
+        nodes: Node id -> unit version id.
+        edges: ``(src, dst)`` precursor relations, sorted.
+    """
+
+    id: int
+    name: str
+    version: str
+    spec: dict[str, Any]
+    spec_hash: str
+    nodes: dict[str, int]
+    edges: tuple[tuple[str, str], ...]
+    created_at: datetime
+
+    @classmethod
+    def from_row(
+        cls, row: PipelineRow, nodes: dict[str, int], edges: list[tuple[str, str]]
+    ) -> PipelineRecord:
+        """Build the record from its ORM row, its nodes and its edges."""
+        return cls(
+            id=row.id,
+            name=row.name,
+            version=row.version,
+            spec=dict(row.spec),
+            spec_hash=row.spec_hash,
+            nodes=dict(sorted(nodes.items())),
+            edges=tuple(sorted(edges)),
+            created_at=row.created_at,
+        )

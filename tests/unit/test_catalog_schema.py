@@ -29,6 +29,15 @@ TABLES = {
     "result_locations",
     "evaluations",
     "audit_log",
+    # 0002: model registry, units, pipelines
+    "models",
+    "model_versions",
+    "model_aliases",
+    "units",
+    "unit_versions",
+    "pipelines",
+    "pipeline_nodes",
+    "pipeline_edges",
 }
 
 
@@ -66,7 +75,7 @@ def _raw_fails(cat: Catalog, sql: str, params: dict[str, object], marker: str) -
 def test_migration_creates_every_table(catalog: Catalog) -> None:
     names = set(inspect(catalog.engine).get_table_names())
     assert names == TABLES | {"alembic_version"}
-    assert current_revision(catalog.engine) == head_revision() == "0001"
+    assert current_revision(catalog.engine) == head_revision() == "0002"
     columns = {c["name"] for c in inspect(catalog.engine).get_columns("annotations")}
     assert {"geometry", "geom_type", "min_x", "min_y", "max_x", "max_y"} <= columns
     indexes = {
