@@ -20,6 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedCo
 from rich.table import Table
 
 from pathray.cli_models import models_app
+from pathray.cli_pipelines import load_spec, pipelines_app, units_app
 from pathray.config import Settings
 from pathray.errors import PathRayError
 
@@ -37,6 +38,8 @@ app.add_typer(sets_app, name="sets")
 app.add_typer(ann_app, name="annotations")
 app.add_typer(runs_app, name="runs")
 app.add_typer(models_app, name="models")
+app.add_typer(units_app, name="units")
+app.add_typer(pipelines_app, name="pipelines")
 
 # Wide enough for the metric tables when the output is a pipe or a CI log.
 console = Console(width=None if sys.stdout.isatty() else 160)
@@ -266,17 +269,6 @@ def annotations_export(
     console.print(f"wrote {len(records)} annotation(s) to {out}")
 
 
-def load_pipeline(name_or_path: str) -> Any:
-    """A pipeline spec from a YAML file or a preset name."""
-    from pathray.pipeline.spec import PipelineSpec
-
-    if Path(name_or_path).is_file():
-        return PipelineSpec.from_yaml(Path(name_or_path))
-    from pipelines.presets import load_preset
-
-    return load_preset(name_or_path)
-
-
 @app.command()
 @friendly
 def run(
@@ -287,7 +279,7 @@ def run(
 ) -> None:
     """Run a pipeline over an image set on Ray (local, or the cluster at RAY_ADDRESS)."""
     catalog, store = _catalog(), _store()
-    spec = load_pipeline(pipeline) if not resume else None
+    spec = load_spec(pipeline) if not resume else None
     if spec is None:
         from pathray.pipeline.spec import PipelineSpec
 

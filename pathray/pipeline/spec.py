@@ -10,9 +10,9 @@ A spec is written in YAML::
       - {id: segment, unit: nucleus_segmentation, after: [tissue]}
       - {id: features, unit: nucleus_features, after: [segment]}
 
-:meth:`PipelineSpec.ordered` returns the nodes in a topological order after checking that every
-unit exists at the pinned version, every edge names a node, there is no cycle, and every input
-column is produced by a precursor (or by the tile source).
+:meth:`PipelineSpec.ordered` returns the nodes in a topological order after the checks of
+:mod:`pathray.pipeline.validate`; :meth:`PipelineSpec.edges` gives the DAG as data and
+:meth:`PipelineSpec.to_yaml` writes the spec back.
 """
 
 from __future__ import annotations
@@ -26,12 +26,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic import ValidationError as PydanticValidationError
 
-from pathray.errors import ConfigError
-from pathray.units.base import OBJECT_KEYS, Unit
-from pathray.units.registry import get_unit
+from pathray.errors import ConfigError, NotFoundError
+from pathray.pipeline.validate import SOURCE_COLUMNS, validate
+from pathray.units.base import Unit
+from pathray.units.registry import available, get_unit
 
-#: Columns the tile source provides to the first units.
-SOURCE_COLUMNS = frozenset({*OBJECT_KEYS[:-1], "image", "size", "tissue_fraction"})
+__all__ = ["SOURCE_COLUMNS", "PipelineSpec", "TilingSpec", "UnitSpec"]
 
 
 class TilingSpec(BaseModel):
@@ -98,15 +98,24 @@ class PipelineSpec(BaseModel):
     def from_yaml(cls, source: str | Path) -> PipelineSpec:
         """Load and validate a spec from a YAML file or string.
 
+        Args:
+            source: A path, or the YAML text itself (any string holding a newline or a colon
+                that is not an existing file).
+
         Raises:
-            ConfigError: If the YAML or the spec is invalid.
+            ConfigError: If the file is missing, or the YAML or the spec is invalid.
         """
-        text = Path(source).read_text() if Path(str(source)).is_file() else str(source)
+        text = _read_source(source)
         try:
             data = yaml.safe_load(text)
-            return cls.model_validate(data)
         except yaml.YAMLError as exc:
             raise ConfigError(f"Pipeline YAML is malformed: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(
+                f"A pipeline spec must be a YAML mapping. Got {type(data).__name__} instead."
+            )
+        try:
+            return cls.model_validate(data)
         except PydanticValidationError as exc:
             problems = "; ".join(
                 f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
@@ -114,61 +123,60 @@ class PipelineSpec(BaseModel):
             raise ConfigError(f"Invalid pipeline spec: {problems}") from None
 
     def unit_class(self, node: UnitSpec) -> type[Unit]:
-        """The unit class of a node, checking its pinned version."""
-        cls = get_unit(node.unit)
+        """The unit class of a node, checking that it is registered at the pinned version.
+
+        Raises:
+            ConfigError: If the unit is unknown or installed at another version.
+        """
+        try:
+            cls = get_unit(node.unit)
+        except NotFoundError:
+            raise ConfigError(
+                f"Node {node.id!r} unit must be one of {sorted(available())}. "
+                f"Got unknown unit {node.unit!r} instead."
+            ) from None
         if node.version is not None and node.version != cls.version:
             raise ConfigError(
-                f"Unit {node.unit!r} version must be {cls.version!r} (installed). "
-                f"Got {node.version!r} instead."
+                f"Node {node.id!r}: unit {node.unit!r} version must be {cls.version!r} "
+                f"(installed). Got {node.version!r} instead."
             )
         return cls
 
     def ordered(self) -> list[UnitSpec]:
-        """Validate the DAG and return its nodes in topological order (stable by listing).
+        """Validate the DAG and return its nodes in the order the engine runs them.
+
+        The order is topological; tile-level units come before the unit that turns tiles into
+        objects, and ties follow the listing (see :mod:`pathray.pipeline.validate`).
 
         Raises:
             ConfigError: On a duplicate id, an unknown precursor, a cycle, an unknown unit or
-                version, an invalid unit config, or an input column no precursor produces.
+                version, an invalid unit config, two mutually exclusive units, a granularity or
+                resolution mismatch, or an input column no precursor produces.
         """
-        ids = [node.id for node in self.units]
-        duplicates = sorted({i for i in ids if ids.count(i) > 1})
-        if duplicates:
-            raise ConfigError(f"Node ids must be unique. Got duplicates {duplicates} instead.")
-        nodes = {node.id: node for node in self.units}
-        for node in self.units:
-            for parent in node.after:
-                if parent not in nodes:
-                    raise ConfigError(f"Node {node.id!r} runs after unknown node {parent!r}.")
-        order: list[UnitSpec] = []
-        done: set[str] = set()
-        while len(order) < len(self.units):
-            ready = [n for n in self.units if n.id not in done and set(n.after) <= done]
-            if not ready:
-                cycle = sorted(set(ids) - done)
-                raise ConfigError(f"The pipeline has a cycle among nodes {cycle}.")
-            order.append(ready[0])
-            done.add(ready[0].id)
-        self._check_columns(order)
-        return order
+        return validate(self)
 
-    def _check_columns(self, order: list[UnitSpec]) -> None:
-        produced: dict[str, set[str]] = {}
-        for node in order:
-            cls = self.unit_class(node)
-            cls.validate_config(node.config)
-            available = set(SOURCE_COLUMNS)
-            stack = list(node.after)
-            while stack:  # every ancestor's outputs are visible downstream
-                parent = stack.pop()
-                available |= produced[parent]
-                stack += list(self.node(parent).after)
-            missing = [c.name for c in cls.inputs if c.name not in available]
-            if missing:
-                raise ConfigError(
-                    f"Node {node.id!r} ({node.unit}) needs input columns {missing} that no "
-                    f"precursor produces."
-                )
-            produced[node.id] = {c.name for c in cls.outputs}
+    def edges(self) -> list[tuple[str, str]]:
+        """The precursor relations as ``(precursor, node)`` pairs, in listing order."""
+        return [(parent, node.id) for node in self.units for parent in node.after]
+
+    def to_yaml(self) -> str:
+        """The spec as YAML that :meth:`from_yaml` reads back to an equal spec."""
+        units = []
+        for node in self.units:
+            entry: dict[str, Any] = {"id": node.id, "unit": node.unit}
+            if node.version is not None:
+                entry["version"] = node.version
+            if node.after:
+                entry["after"] = _Flow(node.after)
+            if node.config:
+                entry["config"] = _Flow(node.config)
+            units.append(entry)
+        data: dict[str, Any] = {"name": self.name, "version": self.version}
+        if self.description:
+            data["description"] = self.description
+        data["tiling"] = _Flow(self.tiling.model_dump(mode="json", exclude_none=True))
+        data["units"] = units
+        return yaml.dump(data, Dumper=_Dumper, sort_keys=False, width=100)
 
     def node(self, node_id: str) -> UnitSpec:
         """The node with this id."""
@@ -181,3 +189,42 @@ class PipelineSpec(BaseModel):
         """Stable hash of the whole spec (configs included)."""
         payload = json.dumps(self.model_dump(mode="json"), sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def _read_source(source: str | Path) -> str:
+    """The YAML text of a path or of a string that is YAML already."""
+    if isinstance(source, str) and ("\n" in source or ":" in source):
+        try:
+            is_file = Path(source).is_file()
+        except OSError:  # e.g. a name too long for the file system: YAML text
+            is_file = False
+        if not is_file:
+            return source
+    path = Path(source)
+    try:
+        return path.read_text()
+    except OSError as exc:
+        raise ConfigError(
+            f"Pipeline file must be a readable YAML file. Got {str(path)!r} ({exc.strerror}) "
+            f"instead."
+        ) from None
+
+
+class _Flow:
+    """A mapping or sequence that YAML writes on one line (``{mpp: 0.5}``, ``[tissue]``)."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = dict(value) if isinstance(value, dict) else list(value)
+
+
+class _Dumper(yaml.SafeDumper):
+    """Block style for the spec's structure, flow style for :class:`_Flow` values."""
+
+
+def _represent_flow(dumper: yaml.SafeDumper, data: _Flow) -> yaml.Node:
+    if isinstance(data.value, dict):
+        return dumper.represent_mapping("tag:yaml.org,2002:map", data.value, flow_style=True)
+    return dumper.represent_sequence("tag:yaml.org,2002:seq", data.value, flow_style=True)
+
+
+_Dumper.add_representer(_Flow, _represent_flow)

@@ -117,6 +117,9 @@ class Unit(ABC):
 
     name: ClassVar[str]
     version: ClassVar[str] = "1"
+    #: What the unit's output is for (e.g. ``"nucleus_segmentation"``); two units with the same
+    #: role are mutually exclusive in one pipeline. None: the unit excludes nothing.
+    role: ClassVar[str | None] = None
     Config: ClassVar[type[UnitConfig]] = UnitConfig
     inputs: ClassVar[tuple[Column, ...]] = ()
     outputs: ClassVar[tuple[Column, ...]] = ()

@@ -1,4 +1,7 @@
-"""Small reference units: a no-op (engine overhead) and a dark-blob detector (tile -> object).
+"""Small reference units: a no-op, tile statistics and a dark-blob detector.
+
+The no-op measures the engine's overhead; tile statistics (tile -> tile) is a branch that runs in
+parallel with the nuclei; dark blobs (tile -> object) is the simplest object detector.
 
 They document the contract by example and give the engine's tests units whose output is easy to
 predict, without the cost of the real nucleus pipeline.
@@ -13,6 +16,7 @@ import numpy as np
 import shapely
 from pydantic import Field
 
+from pathray.slides.tissue import optical_density
 from pathray.units.base import PARENT_INDEX, Batch, Column, Resources, Unit, UnitConfig
 
 
@@ -28,6 +32,41 @@ class NoOp(Unit):
     def __call__(self, batch: Batch) -> Batch:
         """Return a zero per row."""
         return {"noop": np.zeros(len(batch["image"]), np.int8)}
+
+
+class TileStats(Unit):
+    """Per-tile staining statistics over the tissue pixels (quality control of a slide).
+
+    Tiles without tissue get NaN statistics.
+    """
+
+    name = "tile_stats"
+    role = "tile_statistics"
+    inputs = (
+        Column("image", "uint8", (None, None, 3)),
+        Column("tissue", "bool", (None, None)),
+    )
+    outputs = (
+        Column("mean_grey", "float32", description="mean grey level of the tissue pixels"),
+        Column("mean_od", "float32", description="mean optical density of the tissue pixels"),
+        Column("std_od", "float32", description="spread of the optical density over the tissue"),
+    )
+    resources = Resources(num_cpus=0.25)
+    batch_size = 64
+
+    def __call__(self, batch: Batch) -> Batch:
+        """Average grey level and optical density over each tile's tissue mask."""
+        n = len(batch["image"])
+        out = {name: np.full(n, np.nan, np.float32) for name in ("mean_grey", "mean_od", "std_od")}
+        for i, (image, tissue) in enumerate(zip(batch["image"], batch["tissue"], strict=True)):
+            if not tissue.any():
+                continue
+            grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)[tissue]
+            od = optical_density(image)[tissue]
+            out["mean_grey"][i] = grey.mean()
+            out["mean_od"][i] = od.mean()
+            out["std_od"][i] = od.std()
+        return out
 
 
 class DarkBlobsConfig(UnitConfig):

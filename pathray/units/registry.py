@@ -2,7 +2,9 @@
 
 Units register under the ``pathray.units`` entry-point group (PathRay's own built-ins are
 declared in ``pyproject.toml`` the same way), so a lab's package adds units by declaring its own
-entry points; :func:`register` adds one at run time (tests, notebooks).
+entry points; :func:`register` adds one at run time (tests, notebooks). The reference units of
+the core (:mod:`pathray.units.examples`) are registered even where the installed distribution's
+entry points are stale (a checkout imported through ``PYTHONPATH``).
 
 Example:
     >>> sorted(available())[:2]  # doctest: +SKIP
@@ -12,12 +14,19 @@ Example:
 from __future__ import annotations
 
 from importlib.metadata import entry_points
+from typing import Any
 
 from pathray.errors import NotFoundError
 from pathray.units.base import Unit
 
 _registry: dict[str, type[Unit]] = {}
 _loaded = False
+#: Units of the core itself, always registered.
+_CORE_UNITS = (
+    "pathray.units.examples:NoOp",
+    "pathray.units.examples:TileStats",
+    "pathray.units.examples:DarkBlobs",
+)
 
 
 def register(cls: type[Unit]) -> type[Unit]:
@@ -26,12 +35,20 @@ def register(cls: type[Unit]) -> type[Unit]:
     return cls
 
 
+def unregister(name: str) -> None:
+    """Remove a unit registered at run time (a no-op for an unknown name)."""
+    _registry.pop(name, None)
+
+
 def _load_entry_points() -> None:
     global _loaded
     if _loaded:
         return
     for ep in entry_points(group="pathray.units"):
         cls = ep.load()
+        _registry.setdefault(cls.name, cls)
+    for path in _CORE_UNITS:
+        cls = load_unit_class(path)
         _registry.setdefault(cls.name, cls)
     _loaded = True
 
@@ -68,3 +85,54 @@ def load_unit_class(path: str) -> type[Unit]:
     for part in qualname.split("."):
         obj = getattr(obj, part)
     return obj  # type: ignore[return-value]
+
+
+def producers(column: str) -> list[str]:
+    """Names of the registered units that output a column, sorted."""
+    return sorted(
+        name for name, cls in available().items() if any(c.name == column for c in cls.outputs)
+    )
+
+
+def config_schema(cls: type[Unit]) -> dict[str, Any]:
+    """JSON Schema of a unit's config (from its pydantic model)."""
+    return cls.Config.model_json_schema()
+
+
+def describe(cls: type[Unit]) -> dict[str, Any]:
+    """Everything a user needs to choose and configure a unit, as JSON-ready data.
+
+    Returns:
+        Name, version, role, granularity in and out, resources, batch size, input and output
+        columns, and the config's JSON Schema.
+    """
+
+    def columns(cols: tuple[Any, ...]) -> list[dict[str, Any]]:
+        return [
+            {
+                "name": c.name,
+                "dtype": c.dtype,
+                "shape": list(c.shape),
+                "granularity": c.granularity,
+                "stored": c.stored,
+                "description": c.description,
+            }
+            for c in cols
+        ]
+
+    return {
+        "name": cls.name,
+        "version": cls.version,
+        "role": cls.role,
+        "description": (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else "",
+        "granularity": {"in": cls.input_granularity(), "out": cls.output_granularity()},
+        "resources": {
+            "num_cpus": cls.resources.num_cpus,
+            "num_gpus": cls.resources.num_gpus,
+            "memory_mb": cls.resources.memory_mb,
+        },
+        "batch_size": cls.batch_size,
+        "inputs": columns(cls.inputs),
+        "outputs": columns(cls.outputs),
+        "config_schema": config_schema(cls),
+    }

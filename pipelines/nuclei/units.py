@@ -33,6 +33,7 @@ class NucleusSegmentation(Unit):
 
     name = "nucleus_segmentation"
     version = "1"
+    role = "nucleus_segmentation"
     Config = SegmentationConfig
     inputs = (
         Column("image", "uint8", (None, None, 3)),
@@ -101,6 +102,7 @@ class NucleusFeatures(Unit):
 
     name = "nucleus_features"
     version = "1"
+    role = "nucleus_features"
     Config = FeaturesConfig
     inputs = (
         Column("image", "uint8", (None, None, 3)),

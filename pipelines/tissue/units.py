@@ -33,6 +33,7 @@ class TissueMaskUnit(Unit):
 
     name = "tissue_mask"
     version = "1"
+    role = "tissue_mask"
     Config = TissueMaskConfig
     inputs = (Column("image", "uint8", (None, None, 3)),)
     outputs = (

@@ -100,7 +100,7 @@ def test_annotations_round_trip_through_the_catalog(home: Path, tmp_path: Path) 
 
 
 def test_invalid_pipeline_and_unknown_preset(home: Path, tmp_path: Path) -> None:
-    assert "Preset must be one of" in fails("run", "no-such-preset", "--set", "x")
+    assert "must be a YAML file or a preset" in fails("run", "no-such-preset", "--set", "x")
     spec = tmp_path / "bad.yaml"
     spec.write_text("name: x\nunits:\n  - {unit: nucleus_features}\n")
     assert "needs input columns" in fails("run", str(spec), "--set", "x")
