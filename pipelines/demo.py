@@ -203,7 +203,9 @@ def copies_agreement(catalog: Catalog, store: ColdStore, run_id: str) -> dict[st
     except PathRayError:
         return None
     polygons = [
-        shapely.from_wkb(store.read(run_id, "objects", s.id, ["polygon"])["polygon"].to_numpy(False))
+        shapely.from_wkb(
+            store.read(run_id, "objects", s.id, ["polygon"])["polygon"].to_numpy(False)
+        )
         for s in (svs, dicom)
     ]
     return compare_objects(polygons[0], polygons[1]).metrics()

@@ -1,0 +1,308 @@
+"""Training data for the trainable units: labelled tiles, nucleus tables and augmentation.
+
+- :func:`synthetic_tiles`: tiles of synthetic H&E slides (:class:`~pathray.slides.synthetic.
+  SyntheticHE`) with their exact instance label images (pixel-centre rule, the renderer's own
+  rasterisation) and the class of every instance.
+- :func:`dsb2018_tiles`: the real DSB 2018 histology tiles of the shared data folder with their
+  instance masks (``instance_masks_derived/<id>_inst.png``) and estimated resolutions.
+- :func:`nucleus_table`: the feature columns of :class:`~pipelines.nuclei.units.NucleusFeatures`
+  measured on reference instances, with their classes (training set of the object classifier).
+- :func:`stain_jitter`, :func:`random_dihedral`, :func:`random_crop`: augmentation for
+  generalisation across stains and orientations.
+
+Everything is a function of its arguments and ``seed``.
+
+Example:
+    >>> tiles = synthetic_tiles(2, 64, mpp=0.5, seed=0)
+    >>> tiles.images.shape, tiles.instance_labels.dtype
+    ((2, 64, 64, 3), dtype('int32'))
+    >>> int(tiles.instance_labels[0].max()) == len(tiles.class_labels[0])
+    True
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from pathray.errors import ConfigError, NotFoundError
+from pathray.slides.synthetic import DEFAULT_CLASSES, SyntheticHE
+from pathray.slides.synthetic_render import nucleus_labels
+from pipelines.nuclei.segment import OD_LUT, STAIN_INVERSE, STAIN_MATRIX
+
+#: Estimated microns per pixel of the DSB 2018 histology tiles, by tile width (see
+#: ``benchmarks/nuclei_quality.py``: calibrated on the median nucleus area).
+DSB_MPP = {680: 0.13, 348: 0.26}
+#: Feature columns of ``NucleusFeatures`` (the object classifier's inputs).
+FEATURE_COLUMNS = (
+    "area_um2",
+    "perimeter_um",
+    "eccentricity",
+    "solidity",
+    "hematoxylin_mean",
+    "eosin_mean",
+)
+
+
+class LabelledTiles(NamedTuple):
+    """Tiles with instance labels and per-instance classes.
+
+    Attributes:
+        images: ``(N, H, W, 3)`` uint8 RGB.
+        instance_labels: ``(N, H, W)`` int32, 0 background, ``1..K`` the nuclei of each tile.
+        class_labels: Per tile, an object array of ``K`` class names: ``class_labels[i][k - 1]``
+            is the class of instance ``k`` of tile ``i``.
+    """
+
+    images: np.ndarray
+    instance_labels: np.ndarray
+    class_labels: list[np.ndarray]
+
+
+class RealTiles(NamedTuple):
+    """Real tiles of varying sizes with instance labels.
+
+    Attributes:
+        images: ``(H, W, 3)`` uint8 RGB tiles.
+        instance_labels: ``(H, W)`` int32 instance label images.
+        mpp: Estimated microns per pixel of each tile.
+        names: Tile identifiers.
+    """
+
+    images: list[np.ndarray]
+    instance_labels: list[np.ndarray]
+    mpp: list[float]
+    names: list[str]
+
+
+def shared_data_root() -> Path:
+    """The shared data folder (``$PATHRAY_SHARED_DATA``, else ``../shared/data`` of the repo)."""
+    default = Path(__file__).resolve().parents[2] / "shared" / "data"
+    return Path(os.environ.get("PATHRAY_SHARED_DATA", default))
+
+
+def synthetic_tiles(
+    n: int,
+    size: int,
+    mpp: float = 0.5,
+    seed: int = 0,
+    *,
+    min_tissue: float = 0.6,
+    classes: Sequence[str] = DEFAULT_CLASSES,
+    slide_size: int = 4096,
+) -> LabelledTiles:
+    """Render labelled tiles of a synthetic slide drawn at ``mpp``.
+
+    Tiles are cut from a grid of ``size`` px cells of one ``slide_size`` px slide of seed
+    ``seed`` (so two seeds give disjoint data); the cells mostly covered by tissue are taken in
+    a seeded random order.
+
+    Args:
+        n: Number of tiles.
+        size: Tile edge in pixels.
+        mpp: Microns per pixel of the slide (nucleus sizes follow it).
+        seed: Slide and order seed.
+        min_tissue: Smallest tissue fraction of a tile.
+        classes: Nucleus classes drawn.
+        slide_size: Edge of the synthetic slide in pixels.
+
+    Returns:
+        The :class:`LabelledTiles`.
+
+    Raises:
+        ConfigError: If the slide has fewer than ``n`` such tiles.
+    """
+    he = SyntheticHE(slide_size, slide_size, mpp=mpp, seed=seed, classes=classes)
+    grid = slide_size // size
+    probe = max(size // 8, 1)
+    tissue = he.tissue_mask(0, 0, grid * size, grid * size, downsample=probe)
+    per_cell = size // probe
+    fraction = (
+        tissue[: grid * per_cell, : grid * per_cell]
+        .reshape(grid, per_cell, grid, per_cell)
+        .mean(axis=(1, 3))
+    )
+    cells = np.argwhere(fraction >= min_tissue)
+    if len(cells) < n:
+        raise ConfigError(
+            f"n must be at most {len(cells)} for {size} px tiles of a {slide_size} px slide. "
+            f"Got {n} instead."
+        )
+    order = np.random.default_rng(seed).permutation(len(cells))[:n]
+    images = np.zeros((n, size, size, 3), np.uint8)
+    labels = np.zeros((n, size, size), np.int32)
+    names: list[np.ndarray] = []
+    for i, (row, col) in enumerate(cells[order]):
+        x, y = int(col) * size, int(row) * size
+        images[i] = he.render_region(x, y, size, size)
+        raw, drawn = nucleus_labels(he, x, y, size, size)
+        present = np.flatnonzero(np.bincount(raw.ravel(), minlength=len(drawn.classes) + 1))
+        present = present[present > 0]
+        lut = np.zeros(len(drawn.classes) + 1, np.int32)
+        lut[present] = np.arange(1, len(present) + 1, dtype=np.int32)
+        labels[i] = lut[raw]
+        names.append(np.array([he.classes[int(c)] for c in drawn.classes[present - 1]], object))
+    return LabelledTiles(images, labels, names)
+
+
+def dsb2018_tiles(stain: str = "he", root: str | Path | None = None) -> RealTiles:
+    """The DSB 2018 histology tiles of one stain group, with their instance masks.
+
+    Args:
+        stain: ``"he"`` or ``"hematoxylin_only"``.
+        root: The shared data folder (default :func:`shared_data_root`).
+
+    Returns:
+        The :class:`RealTiles`, sorted by tile id.
+
+    Raises:
+        NotFoundError: If the folder is missing.
+    """
+    from PIL import Image
+
+    folder = Path(root or shared_data_root()) / "nuclei" / "dsb2018-histology" / stain
+    masks = folder / "instance_masks_derived"
+    if not masks.is_dir():
+        raise NotFoundError(f"No DSB 2018 instance masks at {masks}.")
+    out = RealTiles([], [], [], [])
+    for tile in sorted(p for p in folder.iterdir() if (p / "images").is_dir()):
+        image = np.asarray(Image.open(tile / "images" / f"{tile.name}.png").convert("RGB"))
+        label = np.asarray(Image.open(masks / f"{tile.name}_inst.png")).astype(np.int32)
+        out.images.append(image)
+        out.instance_labels.append(label)
+        out.mpp.append(DSB_MPP.get(image.shape[1], 0.25))
+        out.names.append(tile.name)
+    return out
+
+
+def nucleus_table(
+    images: Sequence[np.ndarray],
+    instance_labels: Sequence[np.ndarray],
+    class_labels: Sequence[np.ndarray],
+    *,
+    mpp: float,
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Feature columns of every reference nucleus and its class.
+
+    Args:
+        images: RGB tiles.
+        instance_labels: Their instance label images.
+        class_labels: Per tile, the class of instance ``k`` at index ``k - 1``.
+        mpp: Microns per pixel.
+
+    Returns:
+        ``(columns, classes)``: :data:`FEATURE_COLUMNS` -> float32 arrays, and the class names.
+    """
+    from pipelines.nuclei.features import nucleus_features
+
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in FEATURE_COLUMNS}
+    classes: list[np.ndarray] = []
+    for image, labels, names in zip(images, instance_labels, class_labels, strict=True):
+        feats = nucleus_features(np.asarray(labels), np.asarray(image), mpp=mpp)
+        for name in FEATURE_COLUMNS:
+            parts[name].append(np.asarray(feats[name], np.float32))
+        classes.append(np.asarray(names, object)[np.asarray(feats["label"], np.int64) - 1])
+    columns = {name: np.concatenate(values) for name, values in parts.items()}
+    return columns, np.concatenate(classes) if classes else np.zeros(0, object)
+
+
+def stain_jitter(
+    image: np.ndarray, rng: np.random.Generator, *, stain: float = 0.05, light: float = 0.1
+) -> np.ndarray:
+    """Random H&E stain, brightness and contrast perturbation of an RGB tile.
+
+    Each stain concentration (colour deconvolution) is scaled by ``1 + U(-stain, stain)`` and
+    shifted by ``U(-stain, stain)`` optical density; then brightness and contrast change by up
+    to ``light`` (relative).
+
+    Args:
+        image: ``(H, W, 3)`` uint8 RGB.
+        rng: The random generator.
+        stain: Amplitude of the stain perturbation.
+        light: Amplitude of the brightness and contrast perturbation.
+
+    Returns:
+        ``(H, W, 3)`` uint8.
+    """
+    conc = OD_LUT[image[..., :3]] @ STAIN_INVERSE
+    alpha = 1.0 + rng.uniform(-stain, stain, 3).astype(np.float32)
+    beta = rng.uniform(-stain, stain, 3).astype(np.float32)
+    od = (conc * alpha + beta) @ STAIN_MATRIX.astype(np.float32)
+    rgb = 256.0 * np.power(10.0, -od, dtype=np.float32) - 1.0
+    mean = rgb.mean()
+    contrast = 1.0 + rng.uniform(-light, light)
+    bright = 1.0 + rng.uniform(-light, light)
+    rgb = ((rgb - mean) * contrast + mean) * bright
+    out: np.ndarray = np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
+    return out
+
+
+def random_dihedral(arrays: Sequence[np.ndarray], rng: np.random.Generator) -> list[np.ndarray]:
+    """Apply one random flip and 90-degree rotation to several aligned ``(H, W, ...)`` arrays."""
+    k, flip = int(rng.integers(4)), bool(rng.integers(2))
+    out = []
+    for array in arrays:
+        turned = np.rot90(array, k, axes=(0, 1))
+        out.append(np.ascontiguousarray(turned[:, ::-1] if flip else turned))
+    return out
+
+
+def random_crop(
+    arrays: Sequence[np.ndarray], size: int, rng: np.random.Generator
+) -> list[np.ndarray]:
+    """The same random ``size`` x ``size`` window of aligned arrays (edge-padded if smaller)."""
+    height, width = arrays[0].shape[:2]
+    pad_y, pad_x = max(size - height, 0), max(size - width, 0)
+    if pad_y or pad_x:
+        arrays = [
+            np.pad(a, ((0, pad_y), (0, pad_x)) + ((0, 0),) * (a.ndim - 2), mode="reflect")
+            for a in arrays
+        ]
+        height, width = height + pad_y, width + pad_x
+    y = int(rng.integers(height - size + 1))
+    x = int(rng.integers(width - size + 1))
+    return [a[y : y + size, x : x + size] for a in arrays]
+
+
+#: Tiny configs of the trainable units: seconds to train, for tests, demos and conformance runs.
+TINY_CONFIGS: dict[str, dict[str, object]] = {
+    "nucleus_pixel_classifier": {"n_estimators": 5, "max_depth": 8, "max_samples": 4000},
+    "nucleus_unet": {"channels": (4, 8), "iterations": 3, "crop_size": 32, "batch": 2},
+    "nucleus_object_classifier": {"n_estimators": 10},
+    "nucleus_crop_cnn": {"input_size": 16, "widths": (4, 8), "iterations": 3, "batch": 8},
+}
+
+
+def example_model(
+    name: str, folder: str | Path, *, seed: int = 0, tiles: int = 3, size: int = 96
+) -> tuple[dict[str, object], dict[str, str]]:
+    """Train a tiny model of a trainable unit on synthetic tiles and save it.
+
+    Args:
+        name: A unit of :data:`TINY_CONFIGS`.
+        folder: Where to save the model.
+        seed: Seed of the data and of the model.
+        tiles: Synthetic tiles to learn from.
+        size: Their edge in pixels (at 0.5 um/px).
+
+    Returns:
+        ``(config, artifacts)`` to build the unit with: ``cls(config, artifacts)``.
+
+    Raises:
+        NotFoundError: If ``name`` has no tiny config.
+    """
+    from pathray.units.registry import get_unit
+    from pathray.units.trainable import TrainableUnit
+
+    if name not in TINY_CONFIGS:
+        raise NotFoundError(f"Unit must be one of {sorted(TINY_CONFIGS)}. Got {name!r} instead.")
+    cls = get_unit(name)
+    assert issubclass(cls, TrainableUnit)
+    unit = cls({**TINY_CONFIGS[name], "seed": seed})
+    data = synthetic_tiles(tiles, size, mpp=0.5, seed=seed)
+    unit.fit(*unit.training_set(*data, mpp=0.5)).save(folder)
+    return unit.get_params(), {"model": str(folder)}
