@@ -25,6 +25,7 @@ import ray
 from pathray import __version__
 from pathray.catalog import Catalog
 from pathray.engine.cluster import cluster_cpus, cluster_gpus, ensure_ray
+from pathray.engine.lineage import register_lineage
 from pathray.engine.plan import Plan, plan_run
 from pathray.engine.stages import UnitStage, WriteStage
 from pathray.errors import ConfigError
@@ -143,6 +144,8 @@ def _stage_resources(
             stage["num_gpus"] = cls.resources.num_gpus
         if cls.resources.memory_mb:
             stage["memory"] = cls.resources.memory_mb * 2**20
+        if cls.resources.custom:
+            stage["resources"] = dict(cls.resources.custom)
         stages.append(stage)
     writer = {"num_cpus": WRITER_CPUS * scale, "compute": ray.data.ActorPoolStrategy(size=1)}
     return stages, writer, read_cpus
@@ -238,12 +241,14 @@ def run_pipeline(
     else:
         if image_set is None:
             raise ConfigError("An image set must be given for a new run.")
+        catalog.get_image_set(image_set)  # fail before recording anything
+        code = code_version()
         run_id = catalog.create_run(
             pipeline_name=spec.name,
-            pipeline_version=spec.version,
+            pipeline_version=register_lineage(catalog, spec, code, requester),
             spec=spec.model_dump(mode="json"),
             config_hash=spec.spec_hash(),
-            code_version=code_version(),
+            code_version=code,
             image_set=image_set,
             requester=requester,
         )

@@ -27,7 +27,7 @@ import hashlib
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -88,11 +88,14 @@ class Resources:
         num_cpus: CPUs per actor.
         num_gpus: GPUs per actor; the engine drops this to 0 where the cluster has none.
         memory_mb: Memory per actor in MiB (0: no reservation).
+        custom: Custom Ray resources per actor (e.g. ``{"slide_io": 1}``), which pin the
+            unit's actors to the nodes that offer them.
     """
 
     num_cpus: float = 1.0
     num_gpus: float = 0.0
     memory_mb: int = 0
+    custom: Mapping[str, float] = field(default_factory=dict)
 
 
 class UnitConfig(BaseModel):

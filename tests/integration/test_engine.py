@@ -70,6 +70,10 @@ def test_run_end_to_end(env: dict[str, object]) -> None:
         ("blobs", "objects"),
     }
     assert all(Path(loc.uri).exists() for loc in locations)
+    # the run traces to its pipeline version, whose nodes are unit versions with their configs
+    nodes, edges = catalog.pipeline_graph(run.pipeline_name, run.pipeline_version)
+    assert edges == [("tissue", "blobs")]
+    assert nodes["blobs"].unit == "dark_blobs" and nodes["blobs"].config["threshold"] == 110
     # region query equals a filter over the full table
     slide_id = int(objects["slide_id"][0].as_py())
     box = (500.0, 500.0, 900.0, 800.0)
