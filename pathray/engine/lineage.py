@@ -9,12 +9,21 @@ rather than refused: the run still starts, and the two specs stay distinguishabl
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from pathray.catalog import Catalog
+from pathray.engine.models import ResolvedModel
 from pathray.errors import ConflictError
 from pathray.pipeline.spec import PipelineSpec
 
 
-def register_lineage(catalog: Catalog, spec: PipelineSpec, code_version: str, actor: str) -> str:
+def register_lineage(
+    catalog: Catalog,
+    spec: PipelineSpec,
+    code_version: str,
+    actor: str,
+    models: Mapping[str, ResolvedModel] | None = None,
+) -> str:
     """Record the unit versions and the pipeline version of a spec.
 
     Args:
@@ -22,18 +31,26 @@ def register_lineage(catalog: Catalog, spec: PipelineSpec, code_version: str, ac
         spec: A validated pipeline spec.
         code_version: Version of the code that will run it.
         actor: Who asks (audit log).
+        models: Node id -> the model version its unit loads.
 
     Returns:
         The pipeline version under which the spec is recorded.
     """
     nodes: dict[str, int] = {}
+    models = models or {}
     for node in spec.ordered():
         cls = spec.unit_class(node)
+        model = models.get(node.id)
+        # the same config with another model is another unit version
+        config_hash = cls.config_hash(node.config)
+        if model is not None:
+            config_hash = f"{config_hash[:8]}m{model.model_version_id}"
         record = catalog.register_unit_version(
             node.unit,
             cls.version,
             cls.validate_config(node.config).model_dump(mode="json"),
-            cls.config_hash(node.config),
+            config_hash,
+            model_version_id=model.model_version_id if model else None,
             role=cls.role,
             code_version=code_version,
             actor=actor,

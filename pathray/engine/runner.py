@@ -26,6 +26,7 @@ from pathray import __version__
 from pathray.catalog import Catalog
 from pathray.engine.cluster import cluster_cpus, cluster_gpus, ensure_ray
 from pathray.engine.lineage import register_lineage
+from pathray.engine.models import ResolvedModel, resolve_models
 from pathray.engine.plan import Plan, plan_run
 from pathray.engine.stages import UnitStage, WriteStage
 from pathray.errors import ConfigError
@@ -152,9 +153,22 @@ def _stage_resources(
 
 
 def build_dataset(
-    spec: PipelineSpec, refs: pa.Table, staging: Path, block_rows: int = 32
+    spec: PipelineSpec,
+    refs: pa.Table,
+    staging: Path,
+    block_rows: int = 32,
+    models: dict[str, ResolvedModel] | None = None,
 ) -> ray.data.Dataset:
-    """The Ray Data pipeline of a run: tiles -> unit stages -> writer."""
+    """The Ray Data pipeline of a run: tiles -> unit stages -> writer.
+
+    Args:
+        spec: The pipeline.
+        refs: The tile references to process.
+        staging: The run's staging folder.
+        block_rows: Tiles per block read.
+        models: Node id -> the model its unit loads.
+    """
+    models = models or {}
     order = [(node, spec.unit_class(node)) for node in spec.ordered()]
     tile_schema, object_schema = stored_schemas(order)
     stages, writer, read_cpus = _stage_resources(order)
@@ -166,6 +180,7 @@ def build_dataset(
             fn_constructor_kwargs={
                 "unit_path": unit_path(cls),
                 "config": dict(node.config),
+                "artifacts": {"model": models[node.id].path} if node.id in models else None,
                 "tile_columns": marker_cols,
             },
             batch_size=cls.batch_size,
@@ -238,14 +253,15 @@ def run_pipeline(
         spec = PipelineSpec.model_validate(run.spec)
         order = spec.ordered()
         run_id, image_set = run.id, run.image_set
-    else:
-        if image_set is None:
-            raise ConfigError("An image set must be given for a new run.")
+    elif image_set is None:
+        raise ConfigError("An image set must be given for a new run.")
+    models = resolve_models(catalog, spec, store.root)
+    if not resume:
         catalog.get_image_set(image_set)  # fail before recording anything
         code = code_version()
         run_id = catalog.create_run(
             pipeline_name=spec.name,
-            pipeline_version=register_lineage(catalog, spec, code, requester),
+            pipeline_version=register_lineage(catalog, spec, code, requester, models),
             spec=spec.model_dump(mode="json"),
             config_hash=spec.spec_hash(),
             code_version=code,
@@ -262,7 +278,7 @@ def run_pipeline(
         catalog.update_run(run_id, progress={"tiles_total": total, "tiles_done": done})
         processed = 0
         if pending.num_rows:
-            dataset = build_dataset(spec, pending, store.staging(run_id))
+            dataset = build_dataset(spec, pending, store.staging(run_id), models=models)
             last_report = time.monotonic()
             for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
                 n = int(pc.sum(pa.array(batch["tiles"])).as_py() or 0)

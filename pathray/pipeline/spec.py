@@ -68,6 +68,8 @@ class UnitSpec(BaseModel):
         version: Pinned unit version (None: the installed one).
         config: The unit's config.
         after: Ids of the precursor nodes.
+        model: The model the unit loads, from the model registry: ``"name@version"`` or
+            ``"name@alias"`` (e.g. ``"nuclei-rf@champion"``); None for classical units.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -76,6 +78,7 @@ class UnitSpec(BaseModel):
     version: str | None = None
     config: dict[str, Any] = Field(default_factory=dict)
     after: tuple[str, ...] = ()
+    model: str | None = None
 
     @model_validator(mode="after")
     def _default_id(self) -> UnitSpec:
