@@ -26,6 +26,8 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         "configure_logging": True,
     }
     if address is None:
+        # "local" always starts a Ray of our own, even when another one runs on this machine.
+        address = "local"
         kwargs["num_cpus"] = num_cpus or os.cpu_count() or 1
         # The dashboard and job API stay on loopback unless a cluster is configured.
         kwargs["_node_ip_address"] = "127.0.0.1"
@@ -35,7 +37,7 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
             break
         except Exception as exc:
             # Ray gives a new local node 30 s (fixed) to register; a busy machine can miss that.
-            if address is not None or "timed out during startup" not in str(exc) or attempt == 2:
+            if address != "local" or "timed out during startup" not in str(exc) or attempt == 2:
                 raise
             logging.getLogger(__name__).warning("Ray did not start in time; retrying")
             ray.shutdown()

@@ -32,7 +32,7 @@ from pathray.engine.stages import UnitStage, WriteStage
 from pathray.errors import ConfigError
 from pathray.pipeline.spec import PipelineSpec, UnitSpec
 from pathray.results.store import ColdStore
-from pathray.slides.source import TileDatasource
+from pathray.slides.source import tile_dataset
 from pathray.units.base import OBJECT_KEYS, TILE_KEYS, Unit
 from pathray.units.registry import unit_path
 
@@ -172,7 +172,7 @@ def build_dataset(
     order = [(node, spec.unit_class(node)) for node in spec.ordered()]
     tile_schema, object_schema = stored_schemas(order)
     stages, writer, read_cpus = _stage_resources(order)
-    ds = ray.data.read_datasource(TileDatasource(refs, block_rows), num_cpus=read_cpus)
+    ds = tile_dataset(refs, block_rows=block_rows, num_cpus=read_cpus)
     marker_cols = tuple(c for c in tile_schema.names if c not in TILE_KEYS)
     for (node, cls), resources in zip(order, stages, strict=True):
         ds = ds.map_batches(

@@ -26,7 +26,7 @@ import threading
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -88,9 +88,9 @@ class SlideReader(ABC):
             ``(height, width, 3)`` uint8 RGB (``out`` when given); outside the slide is white.
         """
 
-    @property
+    @cached_property
     def level_downsamples(self) -> tuple[float, ...]:
-        """Downsample of each level against level 0 (from the widths)."""
+        """Downsample of each level against level 0 (from the widths; computed once)."""
         base = self.level_dimensions[0][0]
         return tuple(base / w for w, _ in self.level_dimensions)
 

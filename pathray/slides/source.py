@@ -205,8 +205,15 @@ def tile_dataset(
     if tasks is None:
         cpus = float(ray.cluster_resources().get("CPU", 1.0))
         tasks = default_read_tasks(refs.num_rows, block_rows, num_cpus, cpus)
-    return ray.data.read_datasource(
+    ds = ray.data.read_datasource(
         TileDatasource(refs, block_rows, reader),
         override_num_blocks=max(1, tasks),
         num_cpus=num_cpus,
     )
+    if refs.num_rows:
+        # Ray Data merges a read task's blocks up to ``target_max_block_size`` (128 MiB) by
+        # copying them together; a target just under one block keeps the blocks as read.
+        # The context is this dataset's own copy (``read_datasource`` copies the current one).
+        size = int(refs.column("size")[0].as_py())
+        ds.context.target_max_block_size = int(0.9 * block_rows * size * size * 3)
+    return ds

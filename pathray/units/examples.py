@@ -134,3 +134,21 @@ class DarkBlobs(Unit):
             "bbox_y1": bounds[:, 3],
             "area_px": shapely.area(array) if len(array) else np.zeros(0),
         }
+
+
+class PinnedNoOp(NoOp):
+    """The no-op, pinned to nodes that offer the ``gpu_node`` custom resource.
+
+    It shows (and tests) placement by resources: its actors run only on a node started with
+    ``resources={"gpu_node": ...}``. It is not registered by default (a run on a cluster without
+    such a node would wait for one): register it with
+    :func:`pathray.units.registry.register` where it is needed.
+    """
+
+    name = "pinned_noop"
+    outputs = (Column("pinned_noop", "int8", stored=False),)
+    resources = Resources(num_cpus=0.25, custom={"gpu_node": 1.0})
+
+    def __call__(self, batch: Batch) -> Batch:
+        """Return a zero per row."""
+        return {"pinned_noop": np.zeros(len(batch["image"]), np.int8)}
