@@ -154,6 +154,28 @@ def check_mpp(unit_mpp: float, data_mpp: float | None) -> None:
         )
 
 
+class LabelImageTraining:
+    """Training set of the tile segmenters: tiles and their instance label images as they are."""
+
+    config: Any
+
+    def training_set(
+        self,
+        images: Any,
+        instance_labels: Any,
+        class_labels: Any = None,
+        *,
+        mpp: float | None = None,
+    ) -> tuple[Any, Any]:
+        """Tiles and label images as they are: ``fit(images, labels)`` (classes unused).
+
+        Raises:
+            ConfigError: If ``mpp`` differs from the unit's.
+        """
+        check_mpp(self.config.mpp, mpp)
+        return images, instance_labels
+
+
 def as_image_list(images: Any) -> list[np.ndarray]:
     """A batch array ``(N, H, W, 3)`` or a sequence of tiles, as a list of tiles."""
     return [np.asarray(image) for image in images]
@@ -224,7 +246,7 @@ class PixelClassifierConfig(TrainableConfig):
     params: dict[str, float] = Field(default_factory=dict)
 
 
-class NucleusPixelClassifier(TrainableUnit):
+class NucleusPixelClassifier(LabelImageTraining, TrainableUnit):
     """Nucleus instances from a per-pixel classifier on multi-scale filter features.
 
     ``fit(images, labels)`` takes tiles (``(N, H, W, 3)`` uint8 or a list of tiles) and their
@@ -251,22 +273,6 @@ class NucleusPixelClassifier(TrainableUnit):
     def features(self, image: np.ndarray) -> np.ndarray:
         """The ``(H, W, F)`` feature stack of a tile under this config."""
         return pixel_features(image, mpp=self.config.mpp, sigmas_um=self.config.sigmas_um)
-
-    def training_set(
-        self,
-        images: Any,
-        instance_labels: Any,
-        class_labels: Any = None,
-        *,
-        mpp: float | None = None,
-    ) -> tuple[Any, Any]:
-        """Tiles and label images as they are: ``fit(images, labels)`` (classes unused).
-
-        Raises:
-            ConfigError: If ``mpp`` differs from the unit's.
-        """
-        check_mpp(self.config.mpp, mpp)
-        return images, instance_labels
 
     def _new_model(self) -> Any:
         c = self.config

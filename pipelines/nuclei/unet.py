@@ -43,8 +43,8 @@ from pathray.units.trainable import (
 from pipelines.nuclei.pixel_classifier import (
     SEGMENTATION_INPUTS,
     SEGMENTATION_OUTPUTS,
+    LabelImageTraining,
     as_image_list,
-    check_mpp,
     probability_to_instances,
     segment_params,
 )
@@ -143,7 +143,7 @@ class UNetConfig(TorchConfig):
     params: dict[str, float] = Field(default_factory=dict)
 
 
-class NucleusUNet(TrainableUnit):
+class NucleusUNet(LabelImageTraining, TrainableUnit):
     """Nucleus instances from a small U-Net's foreground and border maps.
 
     ``fit(images, labels)`` takes tiles (``(N, H, W, 3)`` uint8 or a list of tiles) and their
@@ -172,22 +172,6 @@ class NucleusUNet(TrainableUnit):
                 f"Got {self.config.crop_size} instead."
             )
         super().setup()
-
-    def training_set(
-        self,
-        images: Any,
-        instance_labels: Any,
-        class_labels: Any = None,
-        *,
-        mpp: float | None = None,
-    ) -> tuple[Any, Any]:
-        """Tiles and label images as they are: ``fit(images, labels)`` (classes unused).
-
-        Raises:
-            ConfigError: If ``mpp`` differs from the unit's.
-        """
-        check_mpp(self.config.mpp, mpp)
-        return images, instance_labels
 
     def _new_model(self) -> Any:
         with seeded_torch(self.config.seed):
