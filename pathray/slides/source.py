@@ -27,8 +27,9 @@ from ray.data.datasource import Datasource, ReadTask
 from pathray.slides.readers import SlideReader, open_reader
 from pathray.slides.tiling import TILE_REF_SCHEMA
 
-#: Read tasks hold at most this many blocks when there are more blocks than two per read slot.
-MAX_BLOCKS_PER_TASK = 16
+#: Read tasks hold at most this many tiles when there are more than two tasks' worth per read
+#: slot (a few seconds of decoding: a task boundary costs ~0.1-0.2 s, see default_read_tasks).
+MAX_TILES_PER_TASK = 8192
 
 #: Reference columns copied onto every tile row (everything but the path).
 _KEY_COLUMNS = [name for name in TILE_REF_SCHEMA.names if name != "path"]
@@ -155,9 +156,11 @@ def default_read_tasks(rows: int, block_rows: int, num_cpus: float, cluster_cpus
     """How many read tasks a tile stream of ``rows`` tiles is cut into.
 
     Two tasks per read slot (for balance), more only when tasks would exceed
-    :data:`MAX_BLOCKS_PER_TASK` blocks (so a retried task redoes little). Every task beyond
-    that costs a task launch and a gap on its CPU, which on a small machine is worth several
-    tiles' decoding.
+    :data:`MAX_TILES_PER_TASK` tiles (so a retried task redoes little). Few long tasks are
+    cheaper than many short ones: Ray Data notices a finished task only at its next scheduling
+    step (it waits up to 0.1 s for running tasks), so each task boundary leaves a slot idle for
+    0.1-0.2 s, the decoding of several hundred tiles. Blocks still stream out of a task as they
+    are read.
 
     Args:
         rows: Tiles to read.
@@ -170,7 +173,8 @@ def default_read_tasks(rows: int, block_rows: int, num_cpus: float, cluster_cpus
     """
     blocks = max(1, -(-rows // block_rows))
     slots = max(1, int(cluster_cpus / num_cpus)) if num_cpus > 0 else max(1, int(cluster_cpus))
-    return min(blocks, max(2 * slots, -(-blocks // MAX_BLOCKS_PER_TASK)))
+    per_task = max(1, MAX_TILES_PER_TASK // block_rows)
+    return min(blocks, max(2 * slots, -(-blocks // per_task)))
 
 
 def tile_dataset(

@@ -100,5 +100,5 @@ def test_default_read_tasks() -> None:
     assert default_read_tasks(4096, 64, num_cpus=1.0, cluster_cpus=2) == 4
     assert default_read_tasks(4096, 64, num_cpus=0.5, cluster_cpus=2) == 8
     assert default_read_tasks(100, 64, num_cpus=1.0, cluster_cpus=16) == 2
-    assert default_read_tasks(1_000_000, 64, num_cpus=1.0, cluster_cpus=2) == -(-15625 // 16)
+    assert default_read_tasks(1_000_000, 64, num_cpus=1.0, cluster_cpus=2) == -(-15625 // 128)
     assert default_read_tasks(0, 64, num_cpus=1.0, cluster_cpus=2) == 1

@@ -1,0 +1,308 @@
+"""Unit conformance: every registered unit, in-process and on Ray, on the same real inputs.
+
+For each unit of :func:`pathray.units.registry.available` the suite builds a batch of real tiles
+(``OS-1-detail.ome.tif`` at 0.5 um/px), adds the columns the unit reads by running its precursors
+in-process (found from the declared inputs and outputs: ``tissue`` <- ``tissue_mask``,
+``nucleus_labels`` <- ``nucleus_segmentation``, ...; trainable units get a tiny model from
+:func:`pipelines.training_data.example_model`), then runs the unit through
+:class:`~pathray.engine.stages.UnitStage` directly and as a Ray Data actor, and compares the two
+outputs column by column. It also checks the declared output columns and dtypes, and that every
+unit's config round-trips through JSON (and validates against its JSON Schema).
+
+A newly registered unit joins the suite automatically and fails it unless it conforms; a new
+trainable unit needs an entry in ``TINY_CONFIGS``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import ray
+
+from pathray.engine.stages import MARKER, UnitStage
+from pathray.units.base import PARENT_INDEX, TILE_KEYS, Batch, Column, Unit
+from pathray.units.registry import available, get_unit, producers, unit_path
+from pathray.units.trainable import TrainableUnit
+from pipelines.training_data import TINY_CONFIGS, example_model
+from tests.helpers import SHARED
+
+SLIDE = SHARED / "OS-1-detail.ome.tif"
+SLIDE_MPP = 0.227  # about; the tiles are read at 0.5 um/px
+MPP = 0.5
+TILE = 128
+OVERLAP = 16
+#: Level-0 origins of the tiles of the batch: three full of tissue and nuclei, and one of glass
+#: (past the slide's right edge, read as white) that yields no tissue and no objects.
+ORIGINS = ((0, 0), (282, 282), (564, 282), (1200, 0))
+#: Preferred producer of a column several units make (classical: no model to train).
+PREFERRED = {"tissue": "tissue_mask", "nucleus_labels": "nucleus_segmentation"}
+#: Columns every batch starts with.
+BASE_COLUMNS = frozenset({*TILE_KEYS, "image"})
+UNITS = sorted(available())
+
+
+def _tiles() -> Batch:
+    """Real tiles with their keys, as the tile source yields them."""
+    from pathray.slides.readers import open_reader
+
+    reader = open_reader(str(SLIDE))
+    down = MPP / SLIDE_MPP
+    span = TILE * down
+    margin = OVERLAP / 2 * down
+    images = np.stack([reader.read_region(x, y, TILE, TILE, downsample=down) for x, y in ORIGINS])
+    xs = np.array([x for x, _ in ORIGINS], np.int64)
+    ys = np.array([y for _, y in ORIGINS], np.int64)
+    n = len(ORIGINS)
+    return {
+        "slide_id": np.full(n, 1, np.int64),
+        "tile_id": np.arange(n, dtype=np.int64),
+        "x": xs,
+        "y": ys,
+        "width": np.full(n, round(span), np.int64),
+        "height": np.full(n, round(span), np.int64),
+        "downsample": np.full(n, down, np.float64),
+        "core_x0": xs + margin,
+        "core_y0": ys + margin,
+        "core_x1": xs + span - margin,
+        "core_y1": ys + span - margin,
+        "image": images,
+    }
+
+
+def _producer(column: str) -> str:
+    """The unit that makes a column for the suite (preferring one that needs no training)."""
+    names = producers(column)
+    if not names:
+        pytest.fail(f"no registered unit produces column {column!r}")
+    if PREFERRED.get(column) in names:
+        return PREFERRED[column]
+    untrained = [n for n in names if not issubclass(get_unit(n), TrainableUnit)]
+    return (untrained or [n for n in names if n in TINY_CONFIGS] or names)[0]
+
+
+def _precursors(name: str) -> list[str]:
+    """The units to run before ``name`` to make its inputs, in order (itself excluded)."""
+    chain: list[str] = []
+
+    def visit(unit: str, seen: tuple[str, ...]) -> None:
+        if unit in seen:
+            pytest.fail(f"precursor cycle: {' -> '.join((*seen, unit))}")
+        for column in get_unit(unit).inputs:
+            if column.name in BASE_COLUMNS:
+                continue
+            producer = _producer(column.name)
+            if producer not in chain:
+                visit(producer, (*seen, unit))
+        if unit not in chain:
+            chain.append(unit)
+
+    visit(name, ())
+    return chain[:-1]
+
+
+def _tile_columns(names: list[str]) -> tuple[str, ...]:
+    """Stored scalar tile columns of a chain: what the engine keeps on tile markers."""
+    columns = ["tissue_fraction"]
+    for name in names:
+        for column in get_unit(name).outputs:
+            if column.stored and not column.shape and column.granularity == "tile":
+                columns.append(column.name)
+    return tuple(dict.fromkeys(columns))
+
+
+class Inputs:
+    """Builds (and caches) configs, models and input batches for the units under test."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.tiles = _tiles()
+        self._configs: dict[str, tuple[dict[str, Any], dict[str, str]]] = {}
+        self._outputs: dict[str, Batch] = {}
+
+    def config(self, name: str) -> tuple[dict[str, Any], dict[str, str]]:
+        """``(config, artifacts)`` of a unit: defaults, or a tiny trained model."""
+        if name not in self._configs:
+            cls = get_unit(name)
+            if issubclass(cls, TrainableUnit):
+                if name not in TINY_CONFIGS:
+                    pytest.fail(f"trainable unit {name!r} needs an entry in TINY_CONFIGS")
+                config, artifacts = example_model(name, self.folder / name)
+                self._configs[name] = (dict(config), dict(artifacts))
+            else:
+                self._configs[name] = (cls.validate_config({}).model_dump(mode="json"), {})
+        return self._configs[name]
+
+    def stage_kwargs(self, name: str) -> dict[str, Any]:
+        """The constructor arguments the engine gives ``UnitStage`` for this unit."""
+        config, artifacts = self.config(name)
+        return {
+            "unit_path": unit_path(get_unit(name)),
+            "config": config,
+            "artifacts": artifacts,
+            "tile_columns": _tile_columns([*_precursors(name), name]),
+        }
+
+    def output(self, name: str) -> Batch:
+        """The batch after ``name`` and its precursors ran in-process (cached)."""
+        if name not in self._outputs:
+            self._outputs[name] = UnitStage(**self.stage_kwargs(name))(self.batch_for(name))
+        return self._outputs[name]
+
+    def batch_for(self, name: str) -> Batch:
+        """The input batch of ``name``: the tiles after its precursors."""
+        chain = _precursors(name)
+        return self.output(chain[-1]) if chain else dict(self.tiles)
+
+
+@pytest.fixture(scope="module")
+def ray_session() -> Iterator[None]:
+    """One small local Ray for the module, shut down afterwards."""
+    from pathray.engine.cluster import ensure_ray
+
+    with pytest.MonkeyPatch.context() as patch:
+        # A busy machine starts Ray's agents slowly; the raylet waits about 15 s by default.
+        patch.setenv("RAY_raylet_start_wait_time_s", "120")
+        ensure_ray(num_cpus=2)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory: pytest.TempPathFactory) -> Inputs:
+    return Inputs(tmp_path_factory.mktemp("conformance"))
+
+
+def _on_ray(batch: Batch, kwargs: dict[str, Any]) -> Batch:
+    """Run ``UnitStage`` on a batch as a Ray Data actor (one block, one batch)."""
+    from ray.data.block import BlockAccessor
+
+    ds = ray.data.from_blocks([BlockAccessor.batch_to_block(batch)])
+    ds = ds.map_batches(
+        UnitStage,
+        fn_constructor_kwargs=kwargs,
+        batch_size=None,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=1),
+        num_cpus=0.5,
+    )
+    parts = list(ds.iter_batches(batch_size=None, batch_format="numpy"))
+    assert parts, "the Ray stage returned no rows"
+    return {name: np.concatenate([np.asarray(p[name]) for p in parts]) for name in parts[0]}
+
+
+def _values(array: np.ndarray) -> np.ndarray:
+    """Strings and bytes as an object array, everything else unchanged."""
+    array = np.asarray(array)
+    return array.astype(object) if array.dtype.kind in "USO" else array
+
+
+def _assert_same(expected: Batch, actual: Batch, where: str) -> None:
+    """Column-by-column equality: exact for ints, bools, strings and bytes; close for floats."""
+    assert set(actual) == set(expected), f"{where}: columns differ"
+    for name, want in expected.items():
+        want, got = _values(want), _values(actual[name])
+        assert got.shape == want.shape, f"{where}: {name} shape {got.shape} != {want.shape}"
+        if want.dtype.kind == "f":
+            assert got.dtype == want.dtype, f"{where}: {name} dtype {got.dtype} != {want.dtype}"
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6, err_msg=name)
+        elif want.dtype == object:
+            assert got.tolist() == want.tolist(), f"{where}: {name} values differ"
+        else:
+            assert got.dtype == want.dtype, f"{where}: {name} dtype {got.dtype} != {want.dtype}"
+            np.testing.assert_array_equal(got, want, err_msg=name)
+
+
+def _check_declared(cls: type[Unit], raw: Batch, n_in: int) -> None:
+    """The unit's raw output holds exactly its declared columns, with their dtypes and shapes."""
+    declared = {c.name: c for c in cls.outputs}
+    extra = {PARENT_INDEX} if cls.emits_objects() else set()
+    assert set(raw) == set(declared) | extra, f"{cls.name}: undeclared or missing output columns"
+    lengths = {len(np.asarray(v)) for v in raw.values()}
+    assert len(lengths) == 1, f"{cls.name}: output columns have different lengths {lengths}"
+    if cls.output_granularity() == cls.input_granularity():
+        assert lengths == {n_in}, f"{cls.name}: one output row per input row expected"
+    for name, column in declared.items():
+        _check_column(cls.name, column, np.asarray(raw[name]))
+
+
+def _check_column(unit: str, column: Column, values: np.ndarray) -> None:
+    where = f"{unit}.{column.name}"
+    if column.dtype == "wkb":
+        assert values.dtype == object and all(isinstance(v, bytes) for v in values), where
+    elif column.dtype == "str":
+        assert values.dtype.kind in "OU" and all(isinstance(v, str) for v in values), where
+    else:
+        assert values.dtype == np.dtype(column.dtype), f"{where}: dtype {values.dtype}"
+    if column.dtype not in ("wkb", "str"):
+        shape = values.shape[1:]
+        assert len(shape) == len(column.shape), f"{where}: shape {shape} != {column.shape}"
+        for got, want in zip(shape, column.shape, strict=True):
+            assert want is None or got == want, f"{where}: shape {shape} != {column.shape}"
+
+
+@pytest.mark.ray
+@pytest.mark.parametrize("name", UNITS)
+def test_unit_gives_the_same_outputs_in_process_and_on_ray(
+    name: str, inputs: Inputs, ray_session: None
+) -> None:
+    """The unit, its config and artifacts give the same rows directly and as a Ray actor."""
+    cls = get_unit(name)
+    batch = inputs.batch_for(name)
+    real = np.asarray(batch.get("object_id", np.zeros(len(batch["tile_id"]))) != MARKER)
+    assert real.any(), f"{name}: its precursors made no rows to feed it"
+    config, artifacts = inputs.config(name)
+    # the bare unit: declared columns, dtypes and shapes; a second instance agrees
+    unit = cls(config, artifacts)
+    real_rows = {k: np.asarray(v)[real] for k, v in batch.items()}
+    raw = unit(dict(real_rows))
+    _check_declared(cls, raw, int(real.sum()))
+    _assert_same(raw, cls(config, artifacts)(dict(real_rows)), f"{name} (second instance)")
+    # through the engine's stage: in-process and on Ray
+    kwargs = inputs.stage_kwargs(name)
+    local = UnitStage(**kwargs)(dict(batch))
+    remote = _on_ray(batch, kwargs)
+    _assert_same(local, remote, f"{name} (in-process vs Ray)")
+
+
+@pytest.mark.parametrize("name", UNITS)
+def test_unit_config_round_trips(name: str) -> None:
+    """Defaults (and a trainable unit's tiny config) survive JSON and match the JSON Schema."""
+    cls = get_unit(name)
+    configs = [cls.validate_config({})]
+    if name in TINY_CONFIGS:
+        configs.append(cls.validate_config(TINY_CONFIGS[name]))
+    schema = cls.Config.model_json_schema()
+    assert schema.get("type") == "object"
+    for config in configs:
+        dumped = json.loads(json.dumps(config.model_dump(mode="json")))
+        again = cls.Config.model_validate(dumped)
+        assert again == config
+        assert cls.config_hash(again) == cls.config_hash(config)
+        try:
+            import jsonschema
+        except ImportError:
+            continue
+        jsonschema.validate(dumped, schema)
+
+
+def test_suite_rejects_units_that_break_the_contract() -> None:
+    """The checks catch an undeclared dtype and outputs that change from call to call."""
+
+    class Liar(Unit):
+        name = "liar"
+        inputs = (Column("image", "uint8", (None, None, 3)),)
+        outputs = (Column("score", "float32"),)
+
+        def __call__(self, batch: Batch) -> Batch:
+            return {"score": np.random.default_rng().random(len(batch["image"]))}  # float64
+
+    batch = {"image": np.zeros((2, 4, 4, 3), np.uint8)}
+    with pytest.raises(AssertionError, match="dtype float64"):
+        _check_declared(Liar, Liar()(batch), 2)
+    with pytest.raises(AssertionError):
+        _assert_same(Liar()(batch), Liar()(batch), "liar")
