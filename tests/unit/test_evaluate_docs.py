@@ -7,7 +7,18 @@ import importlib
 
 import pytest
 
-MODULES = ["__init__", "assignment", "matching", "metrics", "raster", "compare"]
+MODULES = [
+    "__init__",
+    "assignment",
+    "matching",
+    "metrics",
+    "raster",
+    "compare",
+    "pairs",
+    "instance",
+    "classification",
+    "plots",
+]
 
 
 @pytest.mark.parametrize("name", MODULES)
