@@ -5,10 +5,14 @@
   rasterisation) and the class of every instance.
 - :func:`dsb2018_tiles`: the real DSB 2018 histology tiles of the shared data folder with their
   instance masks (``instance_masks_derived/<id>_inst.png``) and estimated resolutions.
+- :func:`cryonuseg_tiles`: the two partly outlined CryoNuSeg crops; pixels outside the outlined
+  area (the nuclei dilated by 2 um) are labelled ``-1``, "unknown", which the U-Net's loss and
+  the benchmarks ignore.
+- :func:`resample_tiles`: real tiles resampled to one resolution (labels by nearest neighbour).
 - :func:`nucleus_table`: the feature columns of :class:`~pipelines.nuclei.units.NucleusFeatures`
   measured on reference instances, with their classes (training set of the object classifier).
-- :func:`stain_jitter`, :func:`random_dihedral`, :func:`random_crop`: augmentation for
-  generalisation across stains and orientations.
+- :func:`stain_jitter`, :func:`random_dihedral`, :func:`random_crop`: augmentation, re-exported
+  from :mod:`pipelines.nuclei.augment`.
 
 Everything is a function of its arguments and ``seed``.
 
@@ -32,11 +36,19 @@ import numpy as np
 from pathray.errors import ConfigError, NotFoundError
 from pathray.slides.synthetic import DEFAULT_CLASSES, SyntheticHE
 from pathray.slides.synthetic_render import nucleus_labels
-from pipelines.nuclei.segment import OD_LUT, STAIN_INVERSE, STAIN_MATRIX
+
+# re-exported from their first home, for the units and notebooks that import them from here
+from pipelines.nuclei.augment import random_crop as random_crop
+from pipelines.nuclei.augment import random_dihedral as random_dihedral
+from pipelines.nuclei.augment import stain_jitter as stain_jitter
 
 #: Estimated microns per pixel of the DSB 2018 histology tiles, by tile width (see
 #: ``benchmarks/nuclei_quality.py``: calibrated on the median nucleus area).
 DSB_MPP = {680: 0.13, 348: 0.26}
+#: Resolution of the CryoNuSeg crops (40x).
+CRYO_MPP = 0.25
+#: Margin around the outlined CryoNuSeg nuclei inside which the outlines are taken as complete.
+CRYO_MARGIN_UM = 2.0
 #: Feature columns of ``NucleusFeatures`` (the object classifier's inputs).
 FEATURE_COLUMNS = (
     "area_um2",
@@ -179,6 +191,71 @@ def dsb2018_tiles(stain: str = "he", root: str | Path | None = None) -> RealTile
     return out
 
 
+def cryonuseg_tiles(root: str | Path | None = None) -> RealTiles:
+    """The CryoNuSeg crops with their instance masks, ``-1`` outside the outlined area.
+
+    Only part of each crop is outlined: the outlined nuclei dilated by :data:`CRYO_MARGIN_UM`
+    are taken as the area where the outlines are complete; elsewhere the label is ``-1``.
+
+    Args:
+        root: The shared data folder (default :func:`shared_data_root`).
+
+    Returns:
+        The :class:`RealTiles` (0.25 um/px), sorted by slide name.
+
+    Raises:
+        NotFoundError: If the folder is missing.
+    """
+    import cv2
+    from PIL import Image
+
+    folder = Path(root or shared_data_root()) / "nuclei" / "cryonuseg-sample"
+    if not folder.is_dir():
+        raise NotFoundError(f"No CryoNuSeg sample at {folder}.")
+    radius = round(CRYO_MARGIN_UM / CRYO_MPP)
+    disk = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+    out = RealTiles([], [], [], [])
+    for tile in sorted(p for p in folder.iterdir() if p.is_dir()):
+        image = np.asarray(Image.open(next(tile.glob("*.tif"))).convert("RGB"))
+        label = np.asarray(Image.open(tile / "instance_mask_derived.png")).astype(np.int32)
+        known = cv2.dilate((label > 0).astype(np.uint8), disk).astype(bool)
+        out.images.append(image)
+        out.instance_labels.append(np.where(known, label, -1).astype(np.int32))
+        out.mpp.append(CRYO_MPP)
+        out.names.append(tile.name)
+    return out
+
+
+def resample_tiles(tiles: RealTiles, mpp: float) -> RealTiles:
+    """Resample real tiles to one resolution (area/bilinear for images, nearest for labels).
+
+    Args:
+        tiles: Tiles at their own resolutions.
+        mpp: Target microns per pixel.
+
+    Returns:
+        The tiles at ``mpp`` (names kept).
+    """
+    from pipelines.nuclei.resample import resize_image, resize_labels
+
+    out = RealTiles([], [], [], list(tiles.names))
+    for image, labels, own in zip(tiles.images, tiles.instance_labels, tiles.mpp, strict=True):
+        factor = own / mpp
+        out.images.append(resize_image(image, factor))
+        out.instance_labels.append(resize_labels(labels, out.images[-1].shape[:2]))
+        out.mpp.append(mpp)
+    return out
+
+
+def real_nucleus_sets(root: str | Path | None = None) -> dict[str, RealTiles]:
+    """Every real nucleus set of the shared data: ``dsb-he``, ``dsb-hematoxylin``, ``cryonuseg``."""
+    return {
+        "dsb-he": dsb2018_tiles("he", root),
+        "dsb-hematoxylin": dsb2018_tiles("hematoxylin_only", root),
+        "cryonuseg": cryonuseg_tiles(root),
+    }
+
+
 def nucleus_table(
     images: Sequence[np.ndarray],
     instance_labels: Sequence[np.ndarray],
@@ -208,64 +285,6 @@ def nucleus_table(
         classes.append(np.asarray(names, object)[np.asarray(feats["label"], np.int64) - 1])
     columns = {name: np.concatenate(values) for name, values in parts.items()}
     return columns, np.concatenate(classes) if classes else np.zeros(0, object)
-
-
-def stain_jitter(
-    image: np.ndarray, rng: np.random.Generator, *, stain: float = 0.05, light: float = 0.1
-) -> np.ndarray:
-    """Random H&E stain, brightness and contrast perturbation of an RGB tile.
-
-    Each stain concentration (colour deconvolution) is scaled by ``1 + U(-stain, stain)`` and
-    shifted by ``U(-stain, stain)`` optical density; then brightness and contrast change by up
-    to ``light`` (relative).
-
-    Args:
-        image: ``(H, W, 3)`` uint8 RGB.
-        rng: The random generator.
-        stain: Amplitude of the stain perturbation.
-        light: Amplitude of the brightness and contrast perturbation.
-
-    Returns:
-        ``(H, W, 3)`` uint8.
-    """
-    conc = OD_LUT[image[..., :3]] @ STAIN_INVERSE
-    alpha = 1.0 + rng.uniform(-stain, stain, 3).astype(np.float32)
-    beta = rng.uniform(-stain, stain, 3).astype(np.float32)
-    od = (conc * alpha + beta) @ STAIN_MATRIX.astype(np.float32)
-    rgb = 256.0 * np.power(10.0, -od, dtype=np.float32) - 1.0
-    mean = rgb.mean()
-    contrast = 1.0 + rng.uniform(-light, light)
-    bright = 1.0 + rng.uniform(-light, light)
-    rgb = ((rgb - mean) * contrast + mean) * bright
-    out: np.ndarray = np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
-    return out
-
-
-def random_dihedral(arrays: Sequence[np.ndarray], rng: np.random.Generator) -> list[np.ndarray]:
-    """Apply one random flip and 90-degree rotation to several aligned ``(H, W, ...)`` arrays."""
-    k, flip = int(rng.integers(4)), bool(rng.integers(2))
-    out = []
-    for array in arrays:
-        turned = np.rot90(array, k, axes=(0, 1))
-        out.append(np.ascontiguousarray(turned[:, ::-1] if flip else turned))
-    return out
-
-
-def random_crop(
-    arrays: Sequence[np.ndarray], size: int, rng: np.random.Generator
-) -> list[np.ndarray]:
-    """The same random ``size`` x ``size`` window of aligned arrays (edge-padded if smaller)."""
-    height, width = arrays[0].shape[:2]
-    pad_y, pad_x = max(size - height, 0), max(size - width, 0)
-    if pad_y or pad_x:
-        arrays = [
-            np.pad(a, ((0, pad_y), (0, pad_x)) + ((0, 0),) * (a.ndim - 2), mode="reflect")
-            for a in arrays
-        ]
-        height, width = height + pad_y, width + pad_x
-    y = int(rng.integers(height - size + 1))
-    x = int(rng.integers(width - size + 1))
-    return [a[y : y + size, x : x + size] for a in arrays]
 
 
 #: Tiny configs of the trainable units: seconds to train, for tests, demos and conformance runs.

@@ -7,9 +7,21 @@ splits touching nuclei with the watershed of :mod:`pipelines.nuclei.segment` on
 ``foreground * (1 - border)`` (high in the middle of a nucleus, low between two), so it has the
 inputs and outputs of :class:`~pipelines.nuclei.units.NucleusSegmentation`.
 
-Training (``fit(images, labels)``) draws random crops, flips, 90-degree rotations and H&E
-stain, brightness and contrast jitter from a generator seeded by the config, so the same data,
-config and seed give the same weights on a CPU.
+Training (``fit(images, labels)``) draws random crops, flips, 90-degree rotations and colour
+augmentation (``colour="strong"``: HED jitter, eosin removal, hue, saturation, gamma, brightness,
+contrast, blur and a zoom of +-20%, :mod:`pipelines.nuclei.augment`; ``"light"``: a small H&E
+jitter) from a generator seeded by the config, so the same data, config and seed give the same
+weights on a CPU. Label ``-1`` marks pixels whose truth is unknown (a partly outlined tile):
+the loss ignores them. ``fit(..., sample_weight=w)`` draws tile ``i`` with probability
+proportional to ``w[i]``; ``fit(..., warm_start=unit)`` starts from another fitted U-Net's weights
+(same channels) instead of random ones.
+
+Resolution: the network runs at ``work_mpp`` (None: the model artifact's when loading one, else
+``mpp``); tiles arrive at ``mpp`` and are resized to ``work_mpp`` and back, so a model trained at
+0.25 um/px serves a pipeline tiled at 0.5 um/px. With ``stain_normalise`` every tile is first
+mapped to the reference stains (:mod:`pipelines.nuclei.stain`). ``split="seeds"`` separates
+touching nuclei with one seed per core between the predicted borders
+(:mod:`pipelines.nuclei.instances`) instead of the distance watershed.
 
 Example:
     >>> import numpy as np
@@ -25,7 +37,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field
@@ -40,6 +52,14 @@ from pathray.units.trainable import (
     seeded_torch,
     train_torch,
 )
+from pipelines.nuclei.augment import (
+    colour_augment,
+    random_crop,
+    random_dihedral,
+    random_scale_crop,
+    stain_jitter,
+)
+from pipelines.nuclei.instances import seeded_instances
 from pipelines.nuclei.pixel_classifier import (
     SEGMENTATION_INPUTS,
     SEGMENTATION_OUTPUTS,
@@ -48,7 +68,8 @@ from pipelines.nuclei.pixel_classifier import (
     probability_to_instances,
     segment_params,
 )
-from pipelines.training_data import random_crop, random_dihedral, stain_jitter
+from pipelines.nuclei.resample import resize_image, resize_labels
+from pipelines.nuclei.stain import normalise_stain
 
 
 def build_unet(channels: tuple[int, ...], in_channels: int = 3, out_channels: int = 2) -> Any:
@@ -126,7 +147,12 @@ class UNetConfig(TorchConfig):
         crop_size: Edge of the training crops (a multiple of ``2 ** (levels - 1)``).
         lr: Adam learning rate.
         border_weight: Weight of the border term of the loss.
-        augment: Flip, rotate and stain-jitter the training crops.
+        augment: Flip, rotate and colour-augment the training crops.
+        colour: Colour augmentation: ``"strong"`` (with a zoom) or ``"light"`` (H&E jitter).
+        stain_normalise: Map every tile to the reference stains first (training and use).
+        work_mpp: Resolution the network runs at (None: the loaded model's, else ``mpp``).
+        split: How touching nuclei are separated: ``"watershed"`` (distance and the maps) or
+            ``"seeds"`` (one seed per core between the predicted borders).
         threshold: Foreground probability above which a pixel is nucleus.
         params: Overrides of :class:`pipelines.nuclei.segment.SegmentParams`.
     """
@@ -139,6 +165,10 @@ class UNetConfig(TorchConfig):
     lr: float = Field(2e-3, gt=0)
     border_weight: float = Field(1.0, ge=0)
     augment: bool = True
+    colour: Literal["strong", "light"] = "strong"
+    stain_normalise: bool = False
+    work_mpp: float | None = Field(None, gt=0)
+    split: Literal["watershed", "seeds"] = "watershed"
     threshold: float = Field(0.5, gt=0, lt=1)
     params: dict[str, float] = Field(default_factory=dict)
 
@@ -147,8 +177,8 @@ class NucleusUNet(LabelImageTraining, TrainableUnit):
     """Nucleus instances from a small U-Net's foreground and border maps.
 
     ``fit(images, labels)`` takes tiles (``(N, H, W, 3)`` uint8 or a list of tiles) and their
-    instance label images at the config's ``mpp``; the loss of every step is kept in
-    ``loss_history_``.
+    instance label images at the config's ``mpp`` (``-1``: unknown); the loss of every step is
+    kept in ``loss_history_``.
     """
 
     name = "nucleus_unet"
@@ -160,12 +190,23 @@ class NucleusUNet(LabelImageTraining, TrainableUnit):
     resources = Resources(num_cpus=1.0, num_gpus=0.0)
     batch_size = 8
     learned = ("model_",)
-    model_fields = ("channels", "mpp")
+    model_fields = ("channels", "stain_normalise")
+
+    @classmethod
+    def install_bundled_model(cls, catalog: Any, cold_root: str | Path, name: str) -> bool:
+        """Register the model shipped with this unit (``nuclei-default``) if ``name`` is it.
+
+        Called by the engine when a pipeline names a model the catalog does not know.
+        """
+        from pipelines.nuclei.default_model import install
+
+        return install(catalog, cold_root, name)
 
     def setup(self) -> None:
         """Resolve the device and the watershed parameters; load the model artifact if given."""
         self._params = segment_params(self.config.params)
         self._device = resolve_device(self.config.device)
+        self._work_mpp = float(self.config.work_mpp or self.config.mpp)
         if self.config.crop_size % 2 ** (len(self.config.channels) - 1):
             raise ConfigError(
                 f"crop_size must be a multiple of {2 ** (len(self.config.channels) - 1)}. "
@@ -181,38 +222,69 @@ class NucleusUNet(LabelImageTraining, TrainableUnit):
         import torch
         import torch.nn.functional as F  # noqa: N812
 
-        images = as_image_list(X)
-        targets = [unet_targets(lab) for lab in (y if y is not None else [])]
-        if len(images) != len(targets) or not images:
+        images = [self._prepare(image) for image in as_image_list(X)]
+        labels = [np.asarray(lab) for lab in (y if y is not None else [])]
+        if len(images) != len(labels) or not images:
             raise ConfigError(
                 f"fit needs as many label images as tiles (at least one). "
-                f"Got {len(images)} tiles and {len(targets)} label images instead."
+                f"Got {len(images)} tiles and {len(labels)} label images instead."
             )
+        # targets: nucleus, border, known (label -1: truth unknown, ignored by the loss)
+        sized = [resize_labels(lab, im.shape[:2]) for lab, im in zip(labels, images, strict=True)]
+        targets = [
+            np.dstack([unet_targets(np.maximum(lab, 0)), lab >= 0]).astype(np.uint8)
+            for lab in sized
+        ]
         c = self.config
         rng = np.random.default_rng(c.seed)
+        weights = kwargs.get("sample_weight")
+        p = None if weights is None else np.asarray(weights, np.float64) / np.sum(weights)
+        if p is not None and len(p) != len(images):
+            raise ConfigError(
+                f"sample_weight must have one weight per tile ({len(images)}). "
+                f"Got {len(p)} instead."
+            )
+
+        def sample(k: int) -> tuple[np.ndarray, np.ndarray]:
+            pair = [images[k], targets[k]]
+            if not c.augment:
+                image, target = random_crop(pair, c.crop_size, rng)
+                return image, target
+            if c.colour == "strong":
+                image, target = random_scale_crop(pair, c.crop_size, rng)
+            else:
+                image, target = random_crop(pair, c.crop_size, rng)
+            image, target = random_dihedral([image, target], rng)
+            strong = c.colour == "strong"
+            image = colour_augment(image, rng) if strong else stain_jitter(image, rng)
+            return image, target
 
         def next_batch(step: int) -> tuple[Any, ...]:
-            xs, ts = [], []
-            for k in rng.integers(len(images), size=c.batch):
-                image, target = random_crop([images[k][..., :3], targets[k]], c.crop_size, rng)
-                if c.augment:
-                    image, target = random_dihedral([image, target], rng)
-                    image = stain_jitter(image, rng)
-                xs.append(image)
-                ts.append(target)
-            t = torch.from_numpy(np.stack(ts)).permute(0, 3, 1, 2).float()
-            return to_tensor(np.stack(xs)), t
+            pairs = [sample(int(k)) for k in rng.choice(len(images), size=c.batch, p=p)]
+            t = torch.from_numpy(np.stack([t for _, t in pairs])).permute(0, 3, 1, 2).float()
+            return to_tensor(np.stack([x for x, _ in pairs])), t
 
         def loss_fn(logits: Any, target: Any) -> Any:
-            fg = F.binary_cross_entropy_with_logits(logits[:, 0], target[:, 0])
-            border = F.binary_cross_entropy_with_logits(logits[:, 1], target[:, 1])
-            prob = torch.sigmoid(logits[:, 0])
+            known = target[:, 2]
+            total = known.sum().clamp(min=1.0)
+            bce = F.binary_cross_entropy_with_logits
+            fg = (bce(logits[:, 0], target[:, 0], reduction="none") * known).sum() / total
+            border = (bce(logits[:, 1], target[:, 1], reduction="none") * known).sum() / total
+            prob = torch.sigmoid(logits[:, 0]) * known
             inter = (prob * target[:, 0]).sum()
-            dice = 1 - (2 * inter + 1) / (prob.sum() + target[:, 0].sum() + 1)
+            dice = 1 - (2 * inter + 1) / (prob.sum() + (target[:, 0] * known).sum() + 1)
             return fg + dice + c.border_weight * border
 
         start = time.perf_counter()
         model = self._new_model()
+        warm = kwargs.get("warm_start")
+        if warm is not None:  # fine-tune: start from another fitted U-Net's weights
+            if not isinstance(warm, NucleusUNet) or not warm.is_fitted:
+                raise ConfigError(
+                    f"warm_start must be a fitted NucleusUNet. Got {type(warm).__name__} instead."
+                )
+            source: Any = getattr(warm, "model_")  # noqa: B009 - typed Any on purpose
+            model.load_state_dict(source.state_dict())
         with seeded_torch(c.seed):
             history = train_torch(
                 model, next_batch, loss_fn, iterations=c.iterations, lr=c.lr, device=self._device
@@ -221,15 +293,34 @@ class NucleusUNet(LabelImageTraining, TrainableUnit):
         self.loss_history_ = history
         self.training_ = {
             "tiles": len(images),
+            "work_mpp": self._work_mpp,
             "iterations": c.iterations,
             "final_loss": history[-1],
             "loss_history": [round(v, 6) for v in history],
             "seconds": round(time.perf_counter() - start, 3),
+            "warm_start": None if warm is None else warm.training_,
             "device": self._device,
         }
 
+    def _prepare(self, image: np.ndarray) -> np.ndarray:
+        """A tile at ``mpp`` as the network sees it: RGB at ``work_mpp``, stain-normalised."""
+        rgb = resize_image(np.ascontiguousarray(np.asarray(image)[..., :3]), self._scale)
+        return normalise_stain(rgb) if self.config.stain_normalise else rgb
+
+    @property
+    def _scale(self) -> float:
+        """Size of a tile at ``work_mpp`` over its size at ``mpp``."""
+        return float(self.config.mpp) / self._work_mpp
+
     def predict_maps(self, images: np.ndarray) -> np.ndarray:
-        """Foreground and border probabilities, ``(N, 2, H, W)`` float32."""
+        """Foreground and border probabilities of tiles already at ``work_mpp``.
+
+        Args:
+            images: ``(N, H, W, 3)`` uint8 RGB (stain-normalised when the config says so).
+
+        Returns:
+            ``(N, 2, H, W)`` float32.
+        """
         import torch
 
         self.check_fitted()
@@ -258,33 +349,73 @@ class NucleusUNet(LabelImageTraining, TrainableUnit):
         tissue = batch.get("tissue")
         labels = np.zeros(images.shape[:3], np.int32)
         if len(images):
-            maps = self.predict_maps(images)
+            maps = self.predict_maps(np.stack([self._prepare(image) for image in images]))
             for i in range(len(images)):
                 fg, border = maps[i]
-                labels[i] = probability_to_instances(
-                    fg,
-                    mpp=self.config.mpp,
-                    threshold=self.config.threshold,
-                    params=self._params,
-                    tissue=None if tissue is None else tissue[i],
-                    split=fg * (1.0 - border),
-                )
+                mask = None if tissue is None else resize_labels(np.asarray(tissue[i]), fg.shape)
+                found = self._instances(fg, border, mask)
+                labels[i] = renumber(resize_labels(found, images.shape[1:3]))
         counts = labels.reshape(len(labels), -1).max(axis=1, initial=0).astype(np.int32)
         return {"nucleus_labels": labels, "nucleus_count": counts}
+
+    def _instances(self, fg: np.ndarray, border: np.ndarray, tissue: np.ndarray | None) -> Any:
+        """Instances of one tile's maps, at ``work_mpp``."""
+        c = self.config
+        if c.split == "seeds":
+            return seeded_instances(
+                fg,
+                border,
+                mpp=self._work_mpp,
+                threshold=c.threshold,
+                params=self._params,
+                tissue=tissue,
+            )
+        return probability_to_instances(
+            fg,
+            mpp=self._work_mpp,
+            threshold=c.threshold,
+            params=self._params,
+            tissue=tissue,
+            split=fg * (1.0 - border),
+        )
 
     def _save_model(self, folder: Path) -> dict[str, Any]:
         import torch
 
         state = {k: v.detach().cpu() for k, v in self.model_.state_dict().items()}
         torch.save(state, folder / "model.pt")
-        return {"architecture": "unet", "channels": list(self.config.channels)}
+        return {
+            "architecture": "unet",
+            "channels": list(self.config.channels),
+            "work_mpp": self._work_mpp,
+        }
 
     def _load_model(self, folder: Path, meta: dict[str, Any]) -> None:
         import torch
 
+        trained = float(meta.get("model", {}).get("work_mpp") or meta["config"]["mpp"])
+        if self.config.work_mpp is None:
+            self._work_mpp = trained
+        elif abs(self.config.work_mpp - trained) > 1e-6 * trained:
+            raise ConfigError(
+                f"Config field 'work_mpp' of unit {self.name!r} must match its model artifact "
+                f"({trained!r}) or be left out. Got {self.config.work_mpp!r} instead."
+            )
         model = self._new_model()
         state = torch.load(folder / "model.pt", map_location=self._device, weights_only=True)
         model.load_state_dict(state)
         model.eval()
         self.model_ = model
         self.loss_history_ = list(self.training_.get("loss_history", []))
+
+
+def renumber(labels: np.ndarray) -> np.ndarray:
+    """Labels renumbered ``1..N`` in label order (instances lost in a resize leave no gap)."""
+    present = np.unique(labels)
+    present = present[present > 0]
+    if len(present) and present[-1] == len(present):
+        return labels.astype(np.int32, copy=False)
+    lut = np.zeros(int(labels.max(initial=0)) + 1, np.int32)
+    lut[present] = np.arange(1, len(present) + 1, dtype=np.int32)
+    out: np.ndarray = lut[labels]
+    return out

@@ -56,7 +56,8 @@ def test_presets_show_validate_graph(tmp_path: Path) -> None:
     assert "nuclei_stats" in out and "tissue" in out
     out = ok("pipelines", "show", "nuclei_stats")
     assert "[['tissue'], ['segment', 'stats'], ['features']]" in out
-    assert "valid: nuclei v1" in ok("pipelines", "validate", "nuclei")
+    assert "valid: nuclei v2" in ok("pipelines", "validate", "nuclei")
+    assert "valid: nuclei_classical v1" in ok("pipelines", "validate", "nuclei_classical")
     png = tmp_path / "g.png"
     out = ok("pipelines", "graph", "nuclei_stats", "--png", str(png))
     assert "parallel at level 1: segment | stats" in out
