@@ -237,6 +237,8 @@ class Run:
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    cancel_requested_at: datetime | None = None
+    cancel_requested_by: str | None = None
 
     @property
     def finished(self) -> bool:
@@ -262,6 +264,8 @@ class Run:
             created_at=row.created_at,
             started_at=row.started_at,
             finished_at=row.finished_at,
+            cancel_requested_at=row.cancel_requested_at,
+            cancel_requested_by=row.cancel_requested_by,
         )
 
 

@@ -141,8 +141,11 @@ class RunsMixin(CatalogBase):
                     row.started_at = now
                 row.finished_at = now if status in TERMINAL_STATUSES else None
             if progress is not None:
+                # Progress alone is not audited: it changes every few seconds and says nothing
+                # about who changed what; the final progress is audited with the final status.
                 row.progress = json_safe(dict(progress))
-                details["progress"] = row.progress
+                if details:
+                    details["progress"] = row.progress
             if error is not None:
                 row.error = error
                 details["error"] = error[:2000]

@@ -31,13 +31,13 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         kwargs["num_cpus"] = num_cpus or os.cpu_count() or 1
         # The dashboard and job API stay on loopback unless a cluster is configured.
         kwargs["_node_ip_address"] = "127.0.0.1"
-    for attempt in range(3):
+    for attempt in range(4):
         try:
             ray.init(address=address, **kwargs)  # type: ignore[arg-type]
             break
         except Exception as exc:
             # Ray gives a new local node 30 s (fixed) to register; a busy machine can miss that.
-            if address != "local" or "timed out during startup" not in str(exc) or attempt == 2:
+            if address != "local" or "timed out during startup" not in str(exc) or attempt == 3:
                 raise
             logging.getLogger(__name__).warning("Ray did not start in time; retrying")
             ray.shutdown()

@@ -3,6 +3,11 @@
 A node's ``model: "name@version"`` (or ``name@alias``) names a model version; its artifact is
 fetched from the content-addressed store (checked against its digest) and unpacked once, and
 the unit receives the folder as ``artifacts["model"]``.
+
+A model the catalog does not know may be one the node's unit ships with its code: a unit class
+with a ``install_bundled_model(catalog, cold_root, name) -> bool`` classmethod registers it
+(artifact, model, version, alias) on first use, so a preset that names it runs on a fresh
+catalog with nothing downloaded.
 """
 
 from __future__ import annotations
@@ -11,9 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pathray.catalog import Catalog
-from pathray.errors import ConfigError
+from pathray.catalog.records import ModelVersion
+from pathray.errors import ConfigError, NotFoundError
 from pathray.pipeline.spec import PipelineSpec
 from pathray.results.artifacts import ArtifactStore
+from pathray.units.registry import get_unit
 
 
 @dataclass(frozen=True)
@@ -56,8 +63,20 @@ def resolve_models(
     for node in spec.units:
         if node.model is None:
             continue
-        name, version = parse_model_ref(node.model)
-        record = catalog.get_model_version(name, int(version) if version.isdigit() else version)
+        record = _model_version(catalog, node.unit, node.model, cold_root)
         path = store.unpack(record.artifact_digest)
         resolved[node.id] = ResolvedModel(record.id, str(path))
     return resolved
+
+
+def _model_version(catalog: Catalog, unit: str, ref: str, cold_root: str | Path) -> ModelVersion:
+    """The registered version a reference names, installing a model the unit ships if needed."""
+    name, version = parse_model_ref(ref)
+    key: int | str = int(version) if version.isdigit() else version
+    try:
+        return catalog.get_model_version(name, key)
+    except NotFoundError:
+        install = getattr(get_unit(unit), "install_bundled_model", None)
+        if install is None or not install(catalog, cold_root, name):
+            raise
+    return catalog.get_model_version(name, key)

@@ -14,6 +14,7 @@ import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from pathray.catalog import Catalog
 from pathray.engine.cluster import cluster_cpus, cluster_gpus, ensure_ray
 from pathray.engine.lineage import register_lineage
 from pathray.engine.models import ResolvedModel, resolve_models
+from pathray.engine.monitor import RunMonitor, monitor_name
 from pathray.engine.plan import Plan, plan_run
 from pathray.engine.stages import UnitStage, WriteStage
 from pathray.errors import ConfigError
@@ -158,6 +160,7 @@ def build_dataset(
     staging: Path,
     block_rows: int = 32,
     models: dict[str, ResolvedModel] | None = None,
+    monitor: str | None = None,
 ) -> ray.data.Dataset:
     """The Ray Data pipeline of a run: tiles -> unit stages -> writer.
 
@@ -167,6 +170,7 @@ def build_dataset(
         staging: The run's staging folder.
         block_rows: Tiles per block read.
         models: Node id -> the model its unit loads.
+        monitor: Name of the run's monitor actor (per-unit progress and logs), if any.
     """
     models = models or {}
     order = [(node, spec.unit_class(node)) for node in spec.ordered()]
@@ -182,6 +186,8 @@ def build_dataset(
                 "config": dict(node.config),
                 "artifacts": {"model": models[node.id].path} if node.id in models else None,
                 "tile_columns": marker_cols,
+                "node_id": node.id,
+                "monitor": monitor,
             },
             batch_size=cls.batch_size,
             batch_format="numpy",
@@ -215,10 +221,51 @@ def _pending(plan: Plan, store: ColdStore, run_id: str) -> pa.Table:
     return plan.refs.filter(pa.array([k not in done for k in keys], pa.bool_()))
 
 
-def run_pipeline(
+def prepare_run(
     catalog: Catalog,
     store: ColdStore,
     spec: PipelineSpec,
+    image_set: str,
+    *,
+    requester: str = "system",
+) -> str:
+    """Validate a pipeline, pin its unit and model versions and record a pending run.
+
+    Nothing is recorded when the spec, a model reference or the image set is wrong.
+
+    Args:
+        catalog: The hot catalog.
+        store: The cold store (model artifacts are resolved into it).
+        spec: The pipeline.
+        image_set: Name of the image set to process.
+        requester: Who asked for the run.
+
+    Returns:
+        The new run's id (status ``pending``).
+
+    Raises:
+        ConfigError: If the spec is invalid.
+        NotFoundError: If the image set or a model version does not exist.
+    """
+    spec.ordered()  # validate before recording anything
+    models = resolve_models(catalog, spec, store.root)
+    catalog.get_image_set(image_set)
+    code = code_version()
+    return catalog.create_run(
+        pipeline_name=spec.name,
+        pipeline_version=register_lineage(catalog, spec, code, requester, models),
+        spec=spec.model_dump(mode="json"),
+        config_hash=spec.spec_hash(),
+        code_version=code,
+        image_set=image_set,
+        requester=requester,
+    )
+
+
+def run_pipeline(
+    catalog: Catalog,
+    store: ColdStore,
+    spec: PipelineSpec | None = None,
     image_set: str | None = None,
     *,
     requester: str = "system",
@@ -226,83 +273,146 @@ def run_pipeline(
     progress: Progress | None = None,
     ray_address: str | None = None,
 ) -> RunResult:
-    """Run a pipeline over an image set (or resume a run), end to end.
+    """Run a pipeline over an image set (or resume a run), end to end, in this process.
 
     Args:
         catalog: The hot catalog.
         store: The cold store.
-        spec: The pipeline.
+        spec: The pipeline (not needed when resuming).
         image_set: Name of the image set to process (ignored when resuming).
         requester: Who asked for the run.
-        resume: Id of an unfinished run to resume.
+        resume: Id of an unfinished (failed, cancelled or interrupted) run to resume: only
+            its missing tiles are processed.
+        progress: Called with ``(tiles done, tiles total)`` as batches finish.
+        ray_address: Ray cluster to use (None: ``RAY_ADDRESS`` or a local Ray).
+
+    Returns:
+        The run's result (status ``succeeded``, or ``cancelled`` when someone cancelled it).
+
+    Raises:
+        ConfigError: If the spec is invalid or the run cannot be resumed.
+    """
+    if resume:
+        run = catalog.get_run(resume)
+        if run.status == "succeeded":
+            raise ConfigError(f"Run {resume} already succeeded; nothing to resume.")
+        catalog.clear_cancel(resume, actor=requester)
+        run_id = resume
+    elif spec is None or image_set is None:
+        raise ConfigError("A pipeline and an image set must be given for a new run.")
+    else:
+        run_id = prepare_run(catalog, store, spec, image_set, requester=requester)
+    return execute_run(catalog, store, run_id, progress=progress, ray_address=ray_address)
+
+
+def execute_run(
+    catalog: Catalog,
+    store: ColdStore,
+    run_id: str,
+    *,
+    progress: Progress | None = None,
+    ray_address: str | None = None,
+) -> RunResult:
+    """Drive a recorded run: plan, stream the unit stages, commit, record locations.
+
+    Honours cancel requests between batches (staged results are kept, so the run can be
+    resumed), reports per-unit progress into the run's progress document and forwards the
+    units' log records to the run's events.
+
+    Args:
+        catalog: The hot catalog.
+        store: The cold store.
+        run_id: A pending, failed or cancelled (not cancel-requested) run.
         progress: Called with ``(tiles done, tiles total)`` as batches finish.
         ray_address: Ray cluster to use (None: ``RAY_ADDRESS`` or a local Ray).
 
     Returns:
         The run's result.
-
-    Raises:
-        ConfigError: If the spec is invalid or the run cannot be resumed.
     """
     start = time.perf_counter()
-    order = spec.ordered()  # validate before recording anything
-    if resume:
-        run = catalog.get_run(resume)
-        if run.status == "succeeded":
-            raise ConfigError(f"Run {resume} already succeeded; nothing to resume.")
-        spec = PipelineSpec.model_validate(run.spec)
-        order = spec.ordered()
-        run_id, image_set = run.id, run.image_set
-    elif image_set is None:
-        raise ConfigError("An image set must be given for a new run.")
-    models = resolve_models(catalog, spec, store.root)
-    if not resume:
-        catalog.get_image_set(image_set)  # fail before recording anything
-        code = code_version()
-        run_id = catalog.create_run(
-            pipeline_name=spec.name,
-            pipeline_version=register_lineage(catalog, spec, code, requester, models),
-            spec=spec.model_dump(mode="json"),
-            config_hash=spec.spec_hash(),
-            code_version=code,
-            image_set=image_set,
-            requester=requester,
-        )
+    run = catalog.get_run(run_id)
+    if run.cancel_requested_at is not None:
+        if not run.finished:
+            catalog.update_run(run_id, status="cancelled", error="cancelled before it started")
+        return RunResult(run_id=run_id, status="cancelled")
+    spec = PipelineSpec.model_validate(run.spec)
+    order = spec.ordered()
     catalog.update_run(run_id, status="running")
+    monitor: Any = None
     try:
+        models = resolve_models(catalog, spec, store.root)
         ensure_ray(ray_address)
-        slide_ids = [slide.id for slide in catalog.slides_in_set(image_set)]
+        slide_ids = [slide.id for slide in catalog.slides_in_set(run.image_set)]
         plan = plan_run(catalog, slide_ids, spec.tiling)
         pending = _pending(plan, store, run_id)
         total, done = plan.refs.num_rows, plan.refs.num_rows - pending.num_rows
-        catalog.update_run(run_id, progress={"tiles_total": total, "tiles_done": done})
-        processed = 0
+        tracker = _Tracker(catalog, run_id, [node.id for node in order], total, done)
+        tracker.event(
+            f"planned {total} tiles on {len(slide_ids) - len(plan.problems)} slides"
+            + (f" ({len(plan.problems)} skipped)" if plan.problems else "")
+            + (f"; {done} already done" if done else "")
+        )
+        tracker.sync(None)
+        processed, cancelled = 0, False
         if pending.num_rows:
-            dataset = build_dataset(spec, pending, store.staging(run_id), models=models)
-            last_report = time.monotonic()
-            for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+            monitor = RunMonitor.options(name=monitor_name(run_id)).remote()  # type: ignore[attr-defined]
+            dataset = build_dataset(
+                spec, pending, store.staging(run_id), models=models, monitor=monitor_name(run_id)
+            )
+            batches = dataset.iter_batches(batch_size=None, batch_format="numpy")
+            last_sync = time.monotonic()
+            for batch in batches:
                 n = int(pc.sum(pa.array(batch["tiles"])).as_py() or 0)
                 processed += n
-                done += n
+                tracker.done += n
                 if progress:
-                    progress(done, total)
-                if time.monotonic() - last_report > 2.0:
-                    catalog.update_run(run_id, progress={"tiles_total": total, "tiles_done": done})
-                    last_report = time.monotonic()
+                    progress(tracker.done, total)
+                if time.monotonic() - last_sync > 1.0:
+                    tracker.sync(monitor)
+                    last_sync = time.monotonic()
+                    if catalog.cancel_requested(run_id):
+                        cancelled = True
+                        break
+            close = getattr(batches, "close", None)
+            if close is not None:
+                close()  # stops the streaming executor when we left early
+            tracker.sync(monitor)
+        if cancelled:
+            tracker.event(
+                f"cancelled after {tracker.done} of {total} tiles; staged results kept "
+                f"(resume with: pathray run --resume {run_id})"
+            )
+            catalog.update_run(run_id, status="cancelled", progress=tracker.document())
+            return RunResult(
+                run_id=run_id,
+                status="cancelled",
+                problems=plan.problems,
+                seconds=time.perf_counter() - start,
+                tiles_processed=processed,
+            )
         counts = store.finalize(run_id)
         _record_locations(catalog, store, run_id, order, spec, counts)
+        n_objects = sum(c.get("objects", 0) for c in counts.values())
+        tracker.event(
+            f"succeeded: {total} tiles, {n_objects} objects in {time.perf_counter() - start:.1f} s"
+        )
         catalog.update_run(
             run_id,
             status="succeeded",
-            progress={"tiles_total": total, "tiles_done": done, "skipped_slides": plan.problems},
+            progress={**tracker.document(), "skipped_slides": plan.problems},
         )
         store.discard_staging(run_id)
     except KeyboardInterrupt:
         catalog.update_run(run_id, status="cancelled", error="interrupted")
         raise
     except Exception as exc:
-        catalog.update_run(run_id, status="failed", error=f"{type(exc).__name__}: {exc}")
+        message = f"{type(exc).__name__}: {exc}"
+        catalog.add_run_events(run_id, [{"level": "error", "message": f"failed: {message}"}])
+        catalog.update_run(run_id, status="failed", error=message)
         raise
+    finally:
+        if monitor is not None:
+            ray.kill(monitor)
     return RunResult(
         run_id=run_id,
         status="succeeded",
@@ -311,6 +421,46 @@ def run_pipeline(
         seconds=time.perf_counter() - start,
         tiles_processed=processed,
     )
+
+
+class _Tracker:
+    """The driver's view of a run's progress, written to the catalog on each sync."""
+
+    def __init__(
+        self, catalog: Catalog, run_id: str, nodes: list[str], total: int, done: int
+    ) -> None:
+        self.catalog, self.run_id, self.total, self.done = catalog, run_id, total, done
+        self.base = done  # tiles done before this call (a resume)
+        self.units: dict[str, dict[str, int]] = {
+            node: {"tiles_total": total, "tiles_done": done, "objects": 0} for node in nodes
+        }
+
+    def document(self) -> dict[str, Any]:
+        """The run's progress document."""
+        return {"tiles_total": self.total, "tiles_done": self.done, "units": self.units}
+
+    def event(self, message: str, level: str = "info") -> None:
+        """Record a driver event."""
+        self.catalog.add_run_events(self.run_id, [{"level": level, "message": message}])
+
+    def sync(self, monitor: Any) -> None:
+        """Fold the monitor's counts and log records into the catalog."""
+        if monitor is not None:
+            try:
+                counts, events = ray.get(monitor.drain.remote(), timeout=10)
+            except Exception as exc:  # the monitor is best effort; the run goes on
+                log.warning("run monitor unreachable: %s", exc)
+                counts, events = {}, []
+            for node, c in counts.items():
+                if node in self.units:
+                    unit = self.units[node]
+                    unit["tiles_done"] = min(self.total, self.base + c["tiles"])
+                    unit["objects"] = c["objects"]
+            if events:
+                for event in events:
+                    event["at"] = datetime.fromtimestamp(event["at"], UTC)
+                self.catalog.add_run_events(self.run_id, events)
+        self.catalog.update_run(self.run_id, progress=self.document())
 
 
 def _record_locations(

@@ -15,6 +15,7 @@ marker file exists.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -22,11 +23,14 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import ray
 
+from pathray.engine.monitor import MonitorHandler, find_monitor
 from pathray.units.base import OBJECT_KEYS, PARENT_INDEX, TILE_KEYS, Batch, Unit
 from pathray.units.registry import load_unit_class
 
 MARKER = -1
+log = logging.getLogger(__name__)
 
 
 def _is_marker(batch: Batch) -> np.ndarray:
@@ -60,6 +64,9 @@ class UnitStage:
         config: The unit's config.
         artifacts: Named artifact paths.
         tile_columns: Tile-level stored scalar columns to keep on tile markers.
+        node_id: The pipeline node this stage runs (names its progress and log records).
+        monitor: Name of the run's :class:`~pathray.engine.monitor.RunMonitor` actor; None
+            outside a run.
     """
 
     def __init__(
@@ -68,8 +75,23 @@ class UnitStage:
         config: dict[str, Any],
         artifacts: dict[str, str] | None = None,
         tile_columns: tuple[str, ...] = (),
+        node_id: str | None = None,
+        monitor: str | None = None,
     ) -> None:
         cls = load_unit_class(unit_path)
+        self.node_id = node_id or cls.name
+        self.monitor = find_monitor(monitor)
+        if self.monitor is not None:
+            # One stage per actor process: the root logger's records are this unit's.
+            root = logging.getLogger()
+            root.addHandler(MonitorHandler(self.monitor, self.node_id))
+            root.setLevel(min(root.level, logging.INFO))
+            where = f"pid {os.getpid()}"
+            if ray.is_initialized():
+                context = ray.get_runtime_context()
+                gpus = context.get_accelerator_ids().get("GPU") or []
+                where += f", node {context.get_node_id()[:8]}, GPUs {gpus or 'none'}"
+            log.info("unit %s starting (%s)", cls.name, where)
         self.unit: Unit = cls(config, artifacts)
         self.emits = cls.emits_objects()
         self.tile_columns = tile_columns
@@ -77,20 +99,35 @@ class UnitStage:
     def __call__(self, batch: Batch) -> Batch:
         """Apply the unit to the batch's real rows and pass markers through."""
         markers = _is_marker(batch)
+        tiles = int(markers.sum()) if markers.any() else len(batch["tile_id"])
         if not markers.any():
-            return self._apply(batch)
-        real = _take(batch, ~markers)
-        kept = _take(batch, markers)
-        if not len(real["tile_id"]):
-            return batch
-        out = self._apply(real)
-        for name, values in out.items():
-            if name not in kept:
-                kept[name] = _empty_like(values, int(markers.sum()))
-        return _concat([out, kept])
+            out = self._apply(batch)
+        else:
+            real = _take(batch, ~markers)
+            kept = _take(batch, markers)
+            if not len(real["tile_id"]):
+                self._report(tiles, 0)
+                return batch
+            out = self._apply(real)
+            for name, values in out.items():
+                if name not in kept:
+                    kept[name] = _empty_like(values, int(markers.sum()))
+            out = _concat([out, kept])
+        made = int((~_is_marker(out)).sum()) if "object_id" in out else 0
+        self._report(tiles, made)
+        return out
+
+    def _report(self, tiles: int, objects: int) -> None:
+        if self.monitor is not None:
+            self.monitor.report.remote(self.node_id, tiles, objects)
 
     def _apply(self, batch: Batch) -> Batch:
-        result = self.unit(batch)
+        try:
+            result = self.unit(batch)
+        except Exception:
+            rows = len(batch["tile_id"])
+            log.exception("unit %s failed on a batch of %d rows", self.node_id, rows)
+            raise
         if not self.emits:
             return {**batch, **result}
         parent = np.asarray(result.pop(PARENT_INDEX), np.int64)
