@@ -1,0 +1,99 @@
+"""``pathray serve``: deploy the Ray Serve application (REST API, inference, viewer data).
+
+The application lives in the top-level ``serve`` package, which depends on ``pathray`` and
+``pipelines`` (never the reverse): it is imported only when the command runs. It runs on the local
+Ray (started on demand, dashboard off, all on loopback) or on the cluster at ``--address`` /
+``RAY_ADDRESS``; ``serve run serve.app:app_builder`` with the same arguments works too.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+
+from pathray.errors import ConfigError, PathRayError
+
+
+def serve_command(
+    pipelines: Annotated[
+        list[str] | None,
+        typer.Option("--pipeline", "-p", help="Preset name or YAML file to serve (repeatable)."),
+    ] = None,
+    host: Annotated[str, typer.Option(help="Interface the HTTP proxy listens on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="HTTP port.")] = 8000,
+    address: Annotated[
+        str | None, typer.Option(help="Ray cluster address (default: RAY_ADDRESS or local).")
+    ] = None,
+    batching: Annotated[bool, typer.Option(help="Batch concurrent tiles per unit call.")] = True,
+    max_ongoing: Annotated[int, typer.Option(help="Requests in flight per pipeline replica.")] = 16,
+    max_queued: Annotated[int, typer.Option(help="Requests queued per pipeline (then 503).")] = 64,
+    replicas: Annotated[int, typer.Option(help="Replicas per pipeline and unit.")] = 1,
+    timeout: Annotated[float, typer.Option(help="HTTP request timeout in seconds.")] = 60.0,
+    reference: Annotated[
+        str | None, typer.Option(help="Drift reference JSON (serve.monitoring.Reference).")
+    ] = None,
+    args_json: Annotated[
+        str | None, typer.Option("--args", help="Full ServeArgs as JSON (overrides the above).")
+    ] = None,
+) -> None:
+    """Serve tile inference, slide jobs, results and viewer data over HTTP (Ray Serve)."""
+    try:
+        _serve(pipelines, host, port, address, batching, max_ongoing, max_queued, replicas,
+               timeout, reference, args_json)  # fmt: skip
+    except PathRayError as exc:  # a user mistake: one line, status 2 (as the rest of the CLI)
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+def _serve(
+    pipelines: list[str] | None,
+    host: str,
+    port: int,
+    address: str | None,
+    batching: bool,
+    max_ongoing: int,
+    max_queued: int,
+    replicas: int,
+    timeout: float,
+    reference: str | None,
+    args_json: str | None,
+) -> None:
+    from pydantic import ValidationError
+
+    from serve.app import ServeArgs, app_builder, start  # lazy: the core never imports serve/
+
+    try:
+        if args_json:
+            args = ServeArgs.model_validate(json.loads(args_json))
+        else:
+            entries = [
+                {
+                    "source": name,
+                    "batching": batching,
+                    "max_ongoing_requests": max_ongoing,
+                    "max_queued_requests": max_queued,
+                    "num_replicas": replicas,
+                }
+                for name in (pipelines or ["tissue", "nuclei"])
+            ]
+            args = ServeArgs.model_validate(
+                {"pipelines": entries, "drift": {"reference": reference}}
+            )
+    except (ValidationError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"Serve arguments are invalid: {exc}") from None
+    from pathray.engine.cluster import ensure_ray
+
+    ensure_ray(address)  # first: the builder fits the units' CPUs to the cluster
+    url = start(app_builder(args), host=host, port=port, request_timeout_s=timeout, address=address)
+    typer.echo(f"PathRay API on {url}/ (OpenAPI: {url}/docs); Ctrl-C stops it")
+    import time
+
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        from ray import serve
+
+        serve.shutdown()
