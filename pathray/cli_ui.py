@@ -1,0 +1,39 @@
+"""``pathray ui``: start the clinician app (Gradio, slide viewer) with uvicorn.
+
+The app lives in the top-level ``ui`` package, which depends on ``pathray`` (never the reverse):
+it is imported only when the command runs.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from pathray.config import Settings
+
+
+def ui(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 7860,
+    secure_cookies: Annotated[
+        bool, typer.Option(help="Send the session cookie over HTTPS only (behind TLS).")
+    ] = False,
+    warm_ray: Annotated[
+        bool, typer.Option(help="Start Ray at once, so the first run from the app starts fast.")
+    ] = True,
+) -> None:
+    """Start the clinician app: sign in, browse, view slides, annotate, correct, iterate."""
+    from ui.server import serve  # lazy: the core never imports the app at module import
+
+    settings = Settings.from_env()
+    settings.home.mkdir(parents=True, exist_ok=True)
+    typer.echo(f"PathRay app on http://{host}:{port}/ (catalog {settings.catalog_url})")
+    serve(
+        settings.catalog_url,
+        settings.cold_root,
+        host=host,
+        port=port,
+        secure_cookies=secure_cookies,
+        start_ray=warm_ray,
+    )

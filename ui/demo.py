@@ -1,0 +1,72 @@
+"""A small ready-to-open catalog for trying the app and for its browser tests.
+
+:func:`prepare_demo` writes synthetic slides, registers them in an image set ``demo`` (with a
+reference annotation set ``demo-gt`` from the slides' ground truth) and a protected image set
+``locked`` (with a read-only set ``locked-gt``), an empty set ``demo-notes`` to draw into, and
+creates users with passwords.
+
+Example:
+    >>> users = {"alice": ("clinician", "secret-pw")}
+    >>> prepare_demo(catalog, Path("/tmp/demo"), users)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from pathray.catalog import Catalog
+from pathray.formats import read_geojson
+from pathray.formats.catalog_io import import_records
+from pathray.slides.register import register_slides
+from pathray.slides.synthetic import make_synthetic_slide, sidecar_paths
+
+LABELS = ("tumor", "lymphocyte", "stroma")
+
+
+def _slide(folder: Path, name: str, side: int, seed: int) -> Path:
+    path = folder / f"{name}.tif"
+    if not path.exists():
+        make_synthetic_slide(path, width=side, height=side, mpp=0.25, seed=seed, workers=2)
+    return path
+
+
+def prepare_demo(
+    catalog: Catalog,
+    folder: Path,
+    users: Mapping[str, tuple[str, str]],
+    *,
+    side: int = 2048,
+) -> dict[str, int]:
+    """Fill a catalog with the demo slides, sets and users.
+
+    Args:
+        catalog: The (empty) catalog.
+        folder: Where the slide files go.
+        users: ``{name: (role, password)}``.
+        side: Edge of the synthetic slides in pixels.
+
+    Returns:
+        Slide ids by name: ``{"demo": id, "locked": id}``.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, (role, password) in users.items():
+        catalog.add_user(name, role)
+        catalog.set_password(name, password)
+    ids = {}
+    for set_name, seed, protect in (("demo", 1, False), ("locked", 2, True)):
+        # The protected slide only shows read-only behaviour: half the size will do.
+        path = _slide(folder, f"{set_name}-slide", side if not protect else side // 2, seed)
+        register_slides(catalog, path, store="demo", store_root=folder, image_set=set_name)
+        slide = catalog.get_slide(path.name)
+        catalog.create_annotation_set(f"{set_name}-gt", image_set=set_name, labels=list(LABELS))
+        records = read_geojson(sidecar_paths(path)[0])
+        import_records(catalog, records, annotation_set=f"{set_name}-gt", slide_id=slide.id)
+        if protect:
+            catalog.protect(set_name)
+        else:  # an empty set of the user's own to draw into
+            catalog.create_annotation_set(
+                f"{set_name}-notes", image_set=set_name, labels=list(LABELS)
+            )
+        ids[set_name] = slide.id
+    return ids

@@ -1,0 +1,219 @@
+"""The clinician app's HTTP server: sign-in, the slide viewer and its data, the Gradio app.
+
+One FastAPI application serves, behind one PathRay session cookie:
+
+- ``/login`` and ``/logout`` (the only routes reachable without a session);
+- ``/viewer?slide=ID``: the slide viewer page (OpenSeadragon + Annotorious);
+- ``/vendor/<file>``: the few npm-installed files the viewer loads, by name from a fixed list
+  (never a path from the request), and ``/static/<file>`` the viewer's own files, likewise;
+- ``/api/...``: DeepZoom tiles, overlay layers, annotation CRUD, corrections and exports
+  (:mod:`ui.api`);
+- ``/app/``: the Gradio Blocks app (:mod:`ui.gradio_app`), mounted with
+  :func:`gradio.mount_gradio_app`, its user taken from the same session.
+
+Every request without a valid session is refused by one middleware before any route runs:
+pages redirect to ``/login``, everything else answers 401.
+
+Example:
+    >>> app = create_app(Catalog.open(url), ColdStore(root))  # doctest: +SKIP
+    >>> uvicorn.run(app, port=7860)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from fastapi import FastAPI, Form, Request
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
+
+from pathray.catalog import Catalog
+from pathray.results.store import ColdStore
+from ui import session
+from ui.api import build_router, error_response
+
+UI = Path(__file__).parent
+STATIC = UI / "static"
+NODE = UI / "node_modules"
+COOKIE = "pathray_session"
+#: The npm files the viewer needs, by the name the page asks for (nothing else is served).
+VENDOR: dict[str, Path] = {
+    "openseadragon.min.js": NODE / "openseadragon/build/openseadragon/openseadragon.min.js",
+    "annotorious-openseadragon.js": (
+        NODE / "@annotorious/openseadragon/dist/annotorious-openseadragon.js"
+    ),
+    "annotorious-openseadragon.css": (
+        NODE / "@annotorious/openseadragon/dist/annotorious-openseadragon.css"
+    ),
+}
+OWN_STATIC = {"viewer.js", "viewer.css"}
+OPEN_PATHS = {"/login", "/favicon.ico"}
+
+
+def _login_page(message: str = "", next_url: str = "/app/") -> str:
+    note = f'<p class="err" data-testid="login-error">{html.escape(message)}</p>' if message else ""
+    page = (STATIC / "login.html").read_text()
+    return page.replace("__NOTE__", note).replace("__NEXT__", html.escape(next_url))
+
+
+def _safe_next(url: str) -> str:
+    # Only same-site paths: a crafted ?next= must not send a signed-in user elsewhere.
+    return url if url.startswith("/") and not url.startswith("//") else "/app/"
+
+
+def _view_box(text: str) -> list[float] | None:
+    """``x0,y0,x1,y1`` of the ``view`` query parameter, or None when absent or malformed."""
+    try:
+        box = [float(v) for v in text.split(",")] if text else []
+    except ValueError:
+        return None
+    return box if len(box) == 4 and box[0] < box[2] and box[1] < box[3] else None
+
+
+def create_app(
+    catalog: Catalog,
+    store: ColdStore,
+    *,
+    secure_cookies: bool = False,
+    with_gradio: bool = True,
+    poll_ms: int = 5000,
+    start_ray: bool = False,
+) -> FastAPI:
+    """Build the app.
+
+    Args:
+        catalog: The catalog (users, sessions, slides, annotations, runs).
+        store: The cold store of run results.
+        secure_cookies: Mark the session cookie Secure (behind HTTPS).
+        with_gradio: Mount the Gradio app at ``/app`` (off for API-only tests).
+        poll_ms: How often the viewer looks for new layers (finished runs), in ms.
+        start_ray: Start Ray on a background thread now, so the first run starts at once.
+
+    Returns:
+        The FastAPI application (serve it with uvicorn, or mount it in Ray Serve).
+    """
+    app = FastAPI(title="PathRay app", docs_url=None, redoc_url=None, openapi_url=None)
+    if start_ray:
+        from ui.iterate_bridge import warm_up_ray
+
+        warm_up_ray()
+    app.state.catalog = catalog
+    app.state.store = store
+
+    @app.middleware("http")
+    async def require_session(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        if request.url.path in OPEN_PATHS:
+            return await call_next(request)
+        user = session.user_for(catalog, request.cookies.get(COOKIE))
+        if user is None:
+            accept = request.headers.get("accept", "")
+            if request.method == "GET" and "text/html" in accept:
+                target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+                return RedirectResponse(f"/login?next={quote(target)}", status_code=303)
+            return JSONResponse({"detail": "Sign in first."}, status_code=401)
+        request.state.user = user
+        return await call_next(request)
+
+    @app.get("/login", response_class=HTMLResponse)
+    def login_form(next: str = "/app/") -> str:
+        return _login_page(next_url=_safe_next(next))
+
+    @app.post("/login")
+    def login(
+        username: str = Form(...), password: str = Form(...), next: str = Form("/app/")
+    ) -> Response:
+        token = session.sign_in(catalog, username, password)
+        if token is None:
+            page = _login_page("Unknown user or wrong password.", _safe_next(next))
+            return HTMLResponse(page, status_code=401)
+        response = RedirectResponse(_safe_next(next), status_code=303)
+        response.set_cookie(
+            COOKIE, token, httponly=True, samesite="lax", secure=secure_cookies, path="/"
+        )
+        return response
+
+    @app.post("/logout")
+    @app.get("/logout")
+    def logout(request: Request) -> Response:
+        session.sign_out(catalog, request.cookies.get(COOKIE))
+        response = RedirectResponse("/login", status_code=303)
+        response.delete_cookie(COOKIE, path="/")
+        return response
+
+    @app.get("/")
+    def root() -> Response:
+        return RedirectResponse("/app/", status_code=303)
+
+    @app.get("/vendor/{name}")
+    def vendor(name: str) -> Response:
+        path = VENDOR.get(name)
+        if path is None:
+            return JSONResponse({"detail": f"No vendor file {name!r}."}, status_code=404)
+        if not path.is_file():
+            return JSONResponse(
+                {"detail": "The viewer's npm packages are missing: run scripts/setup.sh test."},
+                status_code=503,
+            )
+        return FileResponse(path, headers={"cache-control": "private, max-age=3600"})
+
+    @app.get("/static/{name}")
+    def static(name: str) -> Response:
+        if name not in OWN_STATIC:
+            return JSONResponse({"detail": f"No static file {name!r}."}, status_code=404)
+        return FileResponse(STATIC / name, headers={"cache-control": "no-cache"})
+
+    @app.get("/viewer", response_class=HTMLResponse)
+    def viewer_page(request: Request, slide: int, edit: str = "", view: str = "") -> Response:
+        try:
+            record = catalog.get_slide(slide)
+        except Exception as exc:  # a PathRayError becomes its HTTP answer
+            return error_response(exc)
+        user = request.state.user
+        config = {
+            "slideId": record.id,
+            "user": user.name,
+            "role": user.role,
+            "edit": edit,
+            "pollMs": poll_ms,
+            "view": _view_box(view),
+        }
+        # "</" must not appear inside the inline script: escape it in the JSON.
+        page = (STATIC / "viewer.html").read_text()
+        page = page.replace("__CONFIG__", json.dumps(config).replace("</", "<\\/"))
+        page = page.replace("__TITLE__", html.escape(record.name))
+        return HTMLResponse(page)
+
+    app.include_router(build_router(catalog, store))
+
+    if with_gradio:
+        import gradio as gr
+
+        from ui.gradio_app import build_blocks
+
+        def gradio_user(request: Request) -> str | None:
+            user = session.user_for(catalog, request.cookies.get(COOKIE))
+            return None if user is None else user.name
+
+        blocks = build_blocks(catalog, store)
+        app = gr.mount_gradio_app(app, blocks, path="/app", auth_dependency=gradio_user)
+    return app
+
+
+def serve(
+    catalog_url: str | None,
+    cold_root: str | Path,
+    host: str = "127.0.0.1",
+    port: int = 7860,
+    **kwargs: Any,
+) -> None:
+    """Run the app with uvicorn until interrupted (``pathray ui``)."""
+    import uvicorn
+
+    app = create_app(Catalog.open(catalog_url), ColdStore(cold_root), **kwargs)
+    uvicorn.run(app, host=host, port=port, log_level="warning")

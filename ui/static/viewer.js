@@ -1,0 +1,452 @@
+// PathRay slide viewer: OpenSeadragon over DeepZoom tiles, canvas overlay layers, Annotorious
+// drawing on the editable annotation set, correction actions, and browser-side timings.
+//
+// The page (ui/server.py: /viewer) sets window.PATHRAY = {slideId, user, role, correction}.
+// Every request goes to the same origin, so the PathRay session cookie protects it.
+/* global OpenSeadragon, AnnotoriousOSD */
+(function () {
+  "use strict";
+  const cfg = window.PATHRAY;
+  // Timings read by benchmarks/viewer.py and the end-to-end tests.
+  const metrics = (window.pathrayMetrics = {
+    firstOverlayPaintMs: null, firstOverlayObjects: 0, overlayFetches: 0, lastDrawMs: null,
+  });
+  const $ = (id) => document.getElementById(id);
+  const layers = new Map(); // layer id -> {meta, on, data, pending}
+  window.pathrayLayers = layers;
+  let editable = null; // the layer meta of the annotation set being edited
+  let tool = "pan";
+  let lastSignature = null;
+
+  async function api(path, opts) {
+    const res = await fetch(path, Object.assign({ credentials: "same-origin" }, opts || {}));
+    if (!res.ok) {
+      let msg = res.statusText;
+      try { msg = (await res.json()).detail || msg; } catch (e) { /* not JSON */ }
+      throw new Error(msg);
+    }
+    return res.headers.get("content-type")?.includes("json") ? res.json() : res.text();
+  }
+  function status(text, isError) {
+    const el = $("status");
+    el.textContent = text;
+    el.className = isError ? "error" : "";
+  }
+
+  const viewer = OpenSeadragon({
+    id: "osd",
+    tileSources: `/api/slides/${cfg.slideId}.dzi`,
+    showNavigationControl: false,
+    showNavigator: true,
+    navigatorPosition: "BOTTOM_RIGHT",
+    gestureSettingsMouse: { clickToZoom: false, dblClickToZoom: true },
+    crossOriginPolicy: false,
+    maxZoomPixelRatio: 4,
+    imageLoaderLimit: 6,
+  });
+  window.pathrayViewer = viewer;
+
+  // -- overlay canvas ---------------------------------------------------------------------
+  const canvas = document.createElement("canvas");
+  canvas.className = "pr-overlay";
+  viewer.canvas.appendChild(canvas);
+  const ctx = canvas.getContext("2d");
+
+  function transform() {
+    // level-0 pixel -> element pixel is an affine map (no rotation): compute it once per draw.
+    const vp = viewer.viewport;
+    const a = vp.imageToViewerElementCoordinates(new OpenSeadragon.Point(0, 0));
+    const b = vp.imageToViewerElementCoordinates(new OpenSeadragon.Point(1000, 1000));
+    return { ox: a.x, oy: a.y, s: (b.x - a.x) / 1000 };
+  }
+
+  function draw() {
+    const start = performance.now();
+    const w = viewer.canvas.clientWidth, h = viewer.canvas.clientHeight;
+    const dpr = window.devicePixelRatio || 1;
+    if (canvas.width !== Math.round(w * dpr) || canvas.height !== Math.round(h * dpr)) {
+      canvas.width = Math.round(w * dpr);
+      canvas.height = Math.round(h * dpr);
+      canvas.style.width = w + "px";
+      canvas.style.height = h + "px";
+    }
+    ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+    ctx.clearRect(0, 0, w, h);
+    if (!viewer.world.getItemCount()) return;
+    const t = transform();
+    let drawn = 0;
+    for (const layer of layers.values()) {
+      if (!layer.on || !layer.data) continue;
+      drawn += drawLayer(layer, t);
+    }
+    metrics.lastDrawMs = performance.now() - start;
+    if (drawn > 0 && metrics.firstOverlayPaintMs === null) {
+      metrics.firstOverlayPaintMs = performance.now(); // since navigation start
+      metrics.firstOverlayObjects = drawn;
+      document.body.dataset.overlayPainted = "1";
+    }
+  }
+
+  function drawLayer(layer, t) {
+    // Features are GeoJSON (pathray.results.overlay): points (centroids, or drawn points) and
+    // polygons, all in level-0 pixels. One path per layer: far fewer canvas calls.
+    const st = layer.meta.style, feats = layer.data.features;
+    if (layer.raster) return 0; // drawn by OpenSeadragon as a tiled image
+    ctx.strokeStyle = st.color;
+    ctx.fillStyle = st.color;
+    ctx.lineWidth = st.width;
+    ctx.setLineDash(st.dash ? [6, 4] : []);
+    const r = Math.max(2, st.width + 1);
+    const dots = new Path2D(), lines = new Path2D();
+    for (const f of feats) {
+      const g = f.geometry;
+      if (f.properties.provenance && f.properties.provenance.status === "rejected") continue;
+      if (g.type === "Point") {
+        const x = t.ox + g.coordinates[0] * t.s, y = t.oy + g.coordinates[1] * t.s;
+        dots.moveTo(x + r, y);
+        dots.arc(x, y, r, 0, 2 * Math.PI);
+        continue;
+      }
+      const polys = g.type === "Polygon" ? [g.coordinates] : g.type === "MultiPolygon" ? g.coordinates : [];
+      for (const poly of polys) {
+        for (const ring of poly) {
+          lines.moveTo(t.ox + ring[0][0] * t.s, t.oy + ring[0][1] * t.s);
+          for (let k = 1; k < ring.length; k++) lines.lineTo(t.ox + ring[k][0] * t.s, t.oy + ring[k][1] * t.s);
+          lines.closePath();
+        }
+      }
+    }
+    ctx.stroke(lines);
+    ctx.fill(dots);
+    return feats.length;
+  }
+
+  function viewBox() {
+    const b = viewer.viewport.viewportToImageRectangle(viewer.viewport.getBounds(true));
+    const m = 0.15; // fetch a margin so small pans need no request
+    return [b.x - b.width * m, b.y - b.height * m, b.x + b.width * (1 + m), b.y + b.height * (1 + m)];
+  }
+
+  async function fetchLayer(layer) {
+    if (!layer.on) return;
+    const box = viewBox().map((v) => Math.round(v));
+    const down = 1 / transform().s; // level-0 pixels per screen pixel
+    const q = `x0=${box[0]}&y0=${box[1]}&x1=${box[2]}&y1=${box[3]}&downsample=${down.toFixed(4)}`;
+    const token = (layer.pending = (layer.pending || 0) + 1);
+    metrics.overlayFetches++;
+    const data = await api(`/api/slides/${cfg.slideId}/overlay/${encodeURIComponent(layer.meta.id)}?${q}`);
+    if (token !== layer.pending) return; // a newer request superseded this one
+    layer.data = data;
+    // Too many objects in a coarse view: the server renders them into tiles instead.
+    setRaster(layer, data.mode === "centroids" && data.truncated);
+    draw();
+  }
+  function setRaster(layer, on) {
+    layer.raster = on;
+    if (on && !layer.tiled) {
+      layer.tiled = "loading";
+      const src = viewer.world.getItemAt(0).source;
+      const url = `/api/slides/${cfg.slideId}/overlay_tiles/${encodeURIComponent(layer.meta.id)}`;
+      viewer.addTiledImage({
+        tileSource: {
+          width: src.width, height: src.height, tileSize: src.tileSize, tileOverlap: src.tileOverlap,
+          minLevel: src.minLevel, maxLevel: src.maxLevel,
+          getTileUrl: (level, x, y) => `${url}/${level}/${x}_${y}.png`,
+        },
+        opacity: 1,
+        success: (ev) => { layer.tiled = ev.item; ev.item.setOpacity(layer.raster && layer.on ? 1 : 0); },
+      });
+    }
+    if (layer.tiled && layer.tiled !== "loading") layer.tiled.setOpacity(on && layer.on ? 1 : 0);
+  }
+
+  function refresh() {
+    for (const layer of layers.values()) fetchLayer(layer).catch((e) => status(e.message, true));
+  }
+
+  viewer.addHandler("update-viewport", draw);
+  viewer.addHandler("animation-finish", refresh);
+  viewer.addHandler("resize", draw);
+
+  // -- legend and layer toggles -------------------------------------------------------------
+  function legend() {
+    const box = $("legend");
+    box.innerHTML = "";
+    for (const layer of layers.values()) {
+      const m = layer.meta;
+      const row = document.createElement("label");
+      row.className = "pr-layer";
+      row.dataset.layer = m.id;
+      const cb = document.createElement("input");
+      cb.type = "checkbox";
+      cb.checked = layer.on;
+      cb.setAttribute("data-testid", `layer-${m.id}`);
+      cb.addEventListener("change", () => {
+        layer.on = cb.checked;
+        if (layer.tiled && layer.tiled !== "loading") layer.tiled.setOpacity(layer.on && layer.raster ? 1 : 0);
+        if (layer.on) fetchLayer(layer).catch((e) => status(e.message, true));
+        draw();
+      });
+      const swatch = document.createElement("span");
+      swatch.className = "pr-swatch";
+      swatch.style.borderTop = `${m.style.width + 1}px ${m.style.dash ? "dashed" : "solid"} ${m.style.color}`;
+      const text = document.createElement("span");
+      text.innerHTML = `<b></b> <small></small>`;
+      text.querySelector("b").textContent = m.name;
+      text.querySelector("small").textContent = m.legend;
+      row.append(cb, swatch, text);
+      box.appendChild(row);
+    }
+  }
+
+  // -- object info on click ---------------------------------------------------------------------
+  function inside(ring, x, y) {
+    let hit = false;
+    for (let i = 0, j = ring.length - 1; i < ring.length; j = i++) {
+      const [xi, yi] = ring[i], [xj, yj] = ring[j];
+      if ((yi > y) !== (yj > y) && x < ((xj - xi) * (y - yi)) / (yj - yi) + xi) hit = !hit;
+    }
+    return hit;
+  }
+  function pick(x, y, tol) {
+    // The set being edited wins, then the top layer.
+    const order = [...layers.values()].reverse();
+    if (editable && layers.has(editable.id)) order.unshift(layers.get(editable.id));
+    for (const layer of order) {
+      if (!layer.on || !layer.data || layer.raster) continue;
+      for (const f of layer.data.features) {
+        const g = f.geometry;
+        if (g.type === "Point") {
+          if (Math.hypot(g.coordinates[0] - x, g.coordinates[1] - y) <= tol) return { layer, f };
+        } else if (g.type === "Polygon" && inside(g.coordinates[0], x, y)) return { layer, f };
+      }
+    }
+    return null;
+  }
+  function showInfo(layer, f) {
+    const box = $("info");
+    const p = f.properties;
+    box.hidden = false;
+    box.dataset.objectId = String(f.id);
+    box.dataset.layer = layer.meta.id;
+    $("info-layer").textContent = layer.meta.name;
+    $("info-label").textContent = p.label ?? "(none)";
+    $("info-score").textContent = p.score == null ? "-" : Number(p.score).toFixed(3);
+    $("info-prov").textContent = Object.entries(p.provenance || {}).map(([k, v]) => `${k}: ${v}`).join("\n");
+    const mine = editable && layer.meta.id === editable.id && !editable.readonly;
+    $("edit-actions").hidden = !mine;
+    $("correct-actions").hidden = !(mine && editable.kind === "correction");
+  }
+  function findFeature(layerId, id) {
+    const layer = layers.get(layerId);
+    const f = layer && layer.data ? layer.data.features.find((x) => String(x.id) === String(id)) : null;
+    return f ? { layer, f } : null;
+  }
+
+  viewer.addHandler("canvas-click", (ev) => {
+    if (!ev.quick) return;
+    const p = viewer.viewport.viewerElementToImageCoordinates(ev.position);
+    if (tool === "point" && editable) {
+      ev.preventDefaultAction = true;
+      saveNew({ type: "Point", coordinates: [p.x, p.y] });
+      return;
+    }
+    if (tool !== "pan") return;
+    const hit = pick(p.x, p.y, 6 / transform().s);
+    if (hit) showInfo(hit.layer, hit.f);
+    else $("info").hidden = true;
+  });
+
+  // -- drawing (Annotorious) on the editable set ------------------------------------------------
+  const anno = AnnotoriousOSD.createOSDAnnotator(viewer, { drawingEnabled: false, drawingMode: "drag", autoSave: true });
+  window.pathrayAnno = anno;
+
+  function toGeometry(selector) {
+    const g = selector.geometry;
+    if (selector.type === "RECTANGLE") {
+      return { type: "Polygon", coordinates: [[[g.x, g.y], [g.x + g.w, g.y], [g.x + g.w, g.y + g.h], [g.x, g.y + g.h], [g.x, g.y]]] };
+    }
+    const pts = g.points.map((p) => [p[0], p[1]]);
+    pts.push(pts[0]);
+    return { type: "Polygon", coordinates: [pts] };
+  }
+  function toAnnotorious(f) {
+    const ring = f.geometry.coordinates[0];
+    const points = ring.slice(0, -1).map((p) => [p[0], p[1]]); // Annotorious rings are open
+    const xs = points.map((p) => p[0]), ys = points.map((p) => p[1]);
+    const bounds = { minX: Math.min(...xs), minY: Math.min(...ys), maxX: Math.max(...xs), maxY: Math.max(...ys) };
+    return {
+      id: String(f.id),
+      bodies: [],
+      target: { annotation: String(f.id), selector: { type: "POLYGON", geometry: { points, bounds } } },
+    };
+  }
+  const isShape = (f) => f.geometry.type === "Polygon";
+  async function saveNew(geometry, tempId) {
+    const label = $("label").value || null;
+    try {
+      const saved = await api(`/api/annotations`, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({ annotation_set: editable.set, slide_id: cfg.slideId, geometry, label }),
+      });
+      if (tempId) anno.removeAnnotation(tempId);
+      if (isShape(saved)) anno.addAnnotation(toAnnotorious(saved));
+      status(`saved annotation ${saved.id} (${label || "no label"})`);
+      document.body.dataset.lastSaved = String(saved.id);
+      await loadEditable(false);
+      await summary();
+    } catch (e) {
+      if (tempId) anno.removeAnnotation(tempId);
+      status(e.message, true);
+    }
+  }
+  anno.on("createAnnotation", (a) => saveNew(toGeometry(a.target.selector), a.id));
+  anno.on("updateAnnotation", async (a) => {
+    try {
+      await api(`/api/annotations/${a.id}`, {
+        method: "PATCH",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({ geometry: toGeometry(a.target.selector), action: "redraw" }),
+      });
+      status(`updated annotation ${a.id}`);
+      await loadEditable(false);
+    } catch (e) { status(e.message, true); }
+  });
+  anno.on("selectionChanged", (sel) => {
+    const hit = sel.length ? findFeature(editable.id, sel[0].id) : null;
+    if (hit) showInfo(hit.layer, hit.f);
+  });
+
+  async function loadEditable(reload) {
+    // The editable set's objects live in Annotorious (to edit them) and, for points and the
+    // click-info lookup, in its canvas layer.
+    if (!editable) return;
+    const layer = layers.get(editable.id);
+    if (layer) await fetchLayer(layer);
+    if (!reload || editable.readonly) return;
+    const anns = await api(`/api/slides/${cfg.slideId}/annotations?annotation_set=${encodeURIComponent(editable.set)}`);
+    const shown = anns.features.filter((f) => isShape(f) && f.properties.status !== "rejected");
+    anno.setAnnotations(shown.map(toAnnotorious));
+  }
+
+  function setTool(name) {
+    tool = name;
+    for (const b of document.querySelectorAll("[data-tool]")) b.classList.toggle("active", b.dataset.tool === name);
+    const drawing = name === "polygon" || name === "rectangle";
+    if (drawing) {
+      // Rectangles are dragged; polygons are clicked point by point (closed on the first).
+      anno.setDrawingMode(name === "rectangle" ? "drag" : "click");
+      anno.setDrawingTool(name);
+    }
+    anno.setDrawingEnabled(drawing);
+  }
+  for (const b of document.querySelectorAll("[data-tool]")) b.addEventListener("click", () => setTool(b.dataset.tool));
+
+  $("delete").addEventListener("click", async () => {
+    const id = $("info").dataset.objectId;
+    if (!id || !editable) return;
+    try {
+      await api(`/api/annotations/${id}`, { method: "DELETE" });
+      anno.removeAnnotation(id);
+      $("info").hidden = true;
+      status(`deleted annotation ${id}`);
+      await loadEditable(false);
+    } catch (e) { status(e.message, true); }
+  });
+
+  // -- correction mode ------------------------------------------------------------------------
+  async function correct(action) {
+    const id = $("info").dataset.objectId;
+    const body = { action };
+    if (action === "relabel") body.label = $("label").value;
+    try {
+      await api(`/api/annotations/${id}`, {
+        method: action === "reject" ? "DELETE" : "PATCH",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify(body),
+      });
+      if (action === "reject") { anno.removeAnnotation(String(id)); $("info").hidden = true; }
+      status(`${action}: object ${id}`);
+      await loadEditable(false);
+      const hit = findFeature(editable.id, id);
+      if (hit && action !== "reject") showInfo(hit.layer, hit.f);
+      await summary();
+    } catch (e) { status(e.message, true); }
+  }
+  for (const a of ["accept", "reject", "relabel"]) $(`c-${a}`).addEventListener("click", () => correct(a));
+
+  async function summary() {
+    if (!editable || editable.kind !== "correction") { $("correction").hidden = true; return; }
+    const s = await api(`/api/corrections/${encodeURIComponent(editable.set)}/summary?slide_id=${cfg.slideId}`);
+    $("correction").hidden = false;
+    $("summary").textContent = Object.entries(s).map(([k, v]) => `${k}: ${v}`).join("  ");
+    for (const fmt of ["geojson", "asap"]) {
+      $(`export-${fmt}`).href = `/api/corrections/${encodeURIComponent(editable.set)}/export?fmt=${fmt}&slide_id=${cfg.slideId}`;
+    }
+  }
+
+  // -- set-up -----------------------------------------------------------------------------------
+  function chooseEditable(id) {
+    editable = id ? layers.get(id).meta : null;
+    const readonly = !editable || editable.readonly;
+    for (const b of document.querySelectorAll("[data-tool]")) if (b.dataset.tool !== "pan") b.disabled = readonly;
+    $("delete").disabled = readonly;
+    $("readonly").hidden = !(editable && editable.readonly);
+    const sel = $("label");
+    sel.innerHTML = "";
+    for (const l of editable ? editable.labels : []) sel.add(new Option(l, l));
+    setTool("pan");
+    anno.clearAnnotations();
+    if (editable) {
+      // The shapes being edited take their layer's colour, as in the legend.
+      anno.setStyle({ stroke: editable.style.color, strokeWidth: 2, fill: editable.style.color, fillOpacity: 0.12 });
+      layers.get(id).on = true;
+      legend();
+      loadEditable(true).catch((e) => status(e.message, true));
+    }
+    summary().catch((e) => status(e.message, true));
+  }
+
+  async function loadLayers() {
+    const meta = await api(`/api/slides/${cfg.slideId}/layers`);
+    const signature = JSON.stringify(meta);
+    if (signature === lastSignature) return meta; // nothing new: keep the tool and selection
+    const first = lastSignature === null;
+    lastSignature = signature;
+    const keep = new Map(layers);
+    layers.clear();
+    for (const m of meta) {
+      const old = keep.get(m.id);
+      layers.set(m.id, { meta: m, on: old ? old.on : m.visible, data: old ? old.data : null });
+    }
+    legend();
+    const pick = $("editable");
+    const current = editable ? editable.id : cfg.edit || "";
+    pick.innerHTML = "";
+    pick.add(new Option("(view only)", ""));
+    for (const m of meta) if (m.editable_set) pick.add(new Option(`${m.name}${m.readonly ? " (protected, read-only)" : ""}`, m.id));
+    if ([...pick.options].some((o) => o.value === current)) pick.value = current;
+    if (first || (editable ? editable.id : "") !== pick.value) chooseEditable(pick.value);
+    else if (editable) editable = layers.get(editable.id).meta;
+    if (viewer.world.getItemCount()) refresh();
+    return meta;
+  }
+  $("editable").addEventListener("change", (e) => chooseEditable(e.target.value));
+  window.pathrayReloadLayers = loadLayers;
+
+  viewer.addHandler("open", () => {
+    // ?view=x0,y0,x1,y1 (level-0 pixels) opens on that region: links and benchmarks use it.
+    if (cfg.view) {
+      const [x0, y0, x1, y1] = cfg.view;
+      const r = viewer.viewport.imageToViewportRectangle(x0, y0, x1 - x0, y1 - y0);
+      viewer.viewport.fitBounds(r, true);
+    }
+    status("slide open");
+    refresh();
+  });
+  viewer.addHandler("open-failed", (e) => status(`cannot open slide: ${e.message}`, true));
+  loadLayers().catch((e) => status(e.message, true));
+  // New run or iteration results appear as layers without a reload.
+  setInterval(() => { if (document.visibilityState === "visible") loadLayers().catch(() => {}); }, cfg.pollMs || 5000);
+})();
