@@ -257,3 +257,117 @@ def write_result(name: str, payload: dict[str, Any]) -> Path:
         fh.write(json.dumps(record, default=str) + "\n")
     print(f"\nresult appended to {path.relative_to(ROOT)}")
     return path
+
+
+def nvidia_smi_sample() -> list[tuple[float, float]] | None:
+    """``(utilisation %, memory MiB)`` of every GPU now (``nvidia-smi``); None if absent."""
+    try:
+        text = subprocess.run(
+            [
+                "nvidia-smi",
+                "--query-gpu=utilization.gpu,memory.used",
+                "--format=csv,noheader,nounits",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=5,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    rows = [line.split(",") for line in text.strip().splitlines() if line.strip()]
+    return [(float(util), float(mem)) for util, mem in rows]
+
+
+class ProcessTreeSampler:
+    """Peak memory of a process and all its descendants (e.g. a child running a local Ray).
+
+    Sums, over the tree, the proportional set size (PSS: shared pages split between the
+    processes mapping them, so shared memory counts once) and the resident set size (RSS: an
+    upper bound). Peaks are kept per :attr:`phase`, so a caller can separate start-up from the
+    work itself. With ``gpu=True`` it also records ``nvidia-smi`` utilisation and memory.
+
+    Args:
+        root_pid: The tree's root (None: this process).
+        interval: Seconds between samples.
+        gpu: Also sample the GPUs.
+
+    Example:
+        >>> with ProcessTreeSampler(interval=0.05) as tree:
+        ...     tree.phase = "work"
+        ...     data = bytearray(20 * 2**20)
+        >>> tree.peak("pss_mib", "work") > 0
+        True
+    """
+
+    def __init__(self, root_pid: int | None = None, interval: float = 0.25, gpu: bool = False):
+        import psutil
+
+        self.root = psutil.Process(root_pid)
+        self.interval = interval
+        self.gpu = gpu
+        self.phase = "start"
+        self.peaks: dict[str, dict[str, float]] = {}
+        self.gpu_samples: dict[str, list[tuple[float, float]]] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def sample(self) -> None:
+        """Take one sample now and update the current phase's peaks."""
+        import psutil
+
+        try:
+            procs = [self.root, *self.root.children(recursive=True)]
+        except psutil.Error:  # the root exited
+            return
+        pss = rss = 0
+        alive = 0
+        for proc in procs:
+            try:
+                info = proc.memory_full_info()
+            except psutil.Error:  # exited meanwhile, or not ours to read
+                continue
+            rss += info.rss
+            pss += getattr(info, "pss", info.rss)
+            alive += 1
+        phase = self.phase
+        peak = self.peaks.setdefault(phase, {})
+        for key, value in (("pss_mib", pss / 2**20), ("rss_mib", rss / 2**20), ("procs", alive)):
+            peak[key] = max(peak.get(key, 0.0), float(value))
+        if self.gpu:
+            gpus = nvidia_smi_sample()
+            if gpus:
+                util = sum(u for u, _ in gpus) / len(gpus)
+                self.gpu_samples.setdefault(phase, []).append((util, sum(m for _, m in gpus)))
+
+    def peak(self, key: str, phase: str | None = None) -> float:
+        """Peak of ``key`` (``pss_mib``, ``rss_mib``, ``procs``) in a phase (None: all phases)."""
+        values = [p[key] for name, p in self.peaks.items() if phase in (None, name) and key in p]
+        return max(values) if values else float("nan")
+
+    def gpu_summary(self, phase: str) -> dict[str, float] | None:
+        """Mean utilisation (%) and peak memory (MiB) of the GPUs in a phase, if sampled."""
+        samples = self.gpu_samples.get(phase)
+        if not samples:
+            return None
+        return {
+            "util_mean_pct": statistics.fmean(u for u, _ in samples),
+            "util_max_pct": max(u for u, _ in samples),
+            "memory_peak_mib": max(m for _, m in samples),
+            "samples": float(len(samples)),
+        }
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.sample()
+
+    def __enter__(self) -> ProcessTreeSampler:
+        self.sample()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="tree-sampler")
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()

@@ -19,8 +19,12 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 from rich.table import Table
 
+from pathray.cli_auth import tokens_app, users_app
+from pathray.cli_iterate import register as register_iterate
 from pathray.cli_models import models_app
 from pathray.cli_pipelines import load_spec, pipelines_app, units_app
+from pathray.cli_serve import serve_command
+from pathray.cli_ui import ui as ui_command
 from pathray.config import Settings
 from pathray.errors import PathRayError
 
@@ -40,6 +44,11 @@ app.add_typer(runs_app, name="runs")
 app.add_typer(models_app, name="models")
 app.add_typer(units_app, name="units")
 app.add_typer(pipelines_app, name="pipelines")
+register_iterate(app)
+app.add_typer(users_app, name="users")
+app.add_typer(tokens_app, name="tokens")
+app.command("ui")(ui_command)
+app.command("serve")(serve_command)
 
 # Wide enough for the metric tables when the output is a pipe or a CI log.
 console = Console(width=None if sys.stdout.isatty() else 160)
@@ -94,7 +103,7 @@ def init() -> None:
     console.print(f"catalog: {settings.catalog_url}\ncold store: {settings.cold_root}")
 
 
-@app.command("users")
+@users_app.command("add")
 @friendly
 def users_add(
     name: Annotated[str, typer.Argument(help="User name.")],
@@ -275,10 +284,16 @@ def run(
     pipeline: Annotated[str, typer.Argument(help="Preset name or pipeline YAML.")] = "nuclei",
     image_set: Annotated[str | None, typer.Option("--set", help="Image set to process.")] = None,
     resume: Annotated[str | None, typer.Option(help="Resume this unfinished run id.")] = None,
+    detach: Annotated[
+        bool, typer.Option(help="Submit to the Ray cluster at RAY_ADDRESS and return at once.")
+    ] = False,
     actor: Actor = ME,
 ) -> None:
     """Run a pipeline over an image set on Ray (local, or the cluster at RAY_ADDRESS)."""
     catalog, store = _catalog(), _store()
+    if detach:
+        _submit_detached(catalog, store, pipeline, image_set, actor)
+        return
     spec = load_spec(pipeline) if not resume else None
     if spec is None:
         from pathray.pipeline.spec import PipelineSpec
@@ -286,6 +301,24 @@ def run(
         spec = PipelineSpec.model_validate(catalog.get_run(resume).spec)
     result = _run_with_progress(catalog, store, spec, image_set, resume, actor)
     _print_run(result, store)
+
+
+def _submit_detached(
+    catalog: Any, store: Any, pipeline: str, image_set: str | None, actor: str
+) -> None:
+    import os
+
+    from pathray.engine.jobs import submit_run
+
+    if not os.environ.get("RAY_ADDRESS"):
+        raise PathRayError(
+            "--detach needs a Ray cluster that outlives this command. "
+            "Set RAY_ADDRESS (a local Ray ends with the command)."
+        )
+    if image_set is None:
+        raise PathRayError("An image set must be given (--set NAME).")
+    run_id = submit_run(catalog, store, load_spec(pipeline), image_set, requester=actor)
+    console.print(f"submitted run {run_id}; follow it with: pathray runs logs {run_id} --follow")
 
 
 def _run_with_progress(
@@ -353,6 +386,59 @@ def runs_show(run_id: str) -> None:
             f"slide {loc.slide_id} {loc.unit_name}@{loc.unit_version} {loc.kind}: "
             f"{loc.uri} ({loc.row_count} rows)"
         )
+    run = catalog.get_run(run_id)
+    if run.progress.get("units"):
+        console.print(_units_table(run.progress))
+
+
+def _units_table(progress: dict[str, Any]) -> Table:
+    table = Table("unit", "tiles done", "of", "objects")
+    for node, unit in progress.get("units", {}).items():
+        table.add_row(node, str(unit["tiles_done"]), str(unit["tiles_total"]), str(unit["objects"]))
+    return table
+
+
+@runs_app.command("progress")
+@friendly
+def runs_progress(run_id: str) -> None:
+    """Show a run's status and per-unit progress."""
+    run = _catalog().get_run(run_id)
+    done, total = run.progress.get("tiles_done", 0), run.progress.get("tiles_total", 0)
+    console.print(f"run {run.id}: {run.status}, {done}/{total} tiles")
+    if run.cancel_requested_at and not run.finished:
+        console.print(f"  cancel requested by {run.cancel_requested_by}")
+    console.print(_units_table(run.progress))
+
+
+@runs_app.command("cancel")
+@friendly
+def runs_cancel(run_id: str, actor: Actor = ME) -> None:
+    """Ask a run to stop (a running run stops at its next batch and can be resumed)."""
+    run = _catalog().request_cancel(run_id, actor=actor)
+    what = "cancelled" if run.status == "cancelled" else "cancel requested; it stops shortly"
+    console.print(f"run {run_id}: {what}")
+
+
+@runs_app.command("logs")
+@friendly
+def runs_logs(
+    run_id: str,
+    unit: Annotated[str | None, typer.Option(help="Only this pipeline node.")] = None,
+    level: Annotated[str, typer.Option(help="Lowest level shown.")] = "info",
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Wait for new events.")] = False,
+) -> None:
+    """Print a run's events: driver milestones and the units' log records."""
+    import time
+
+    catalog, last = _catalog(), 0
+    while True:
+        for event in catalog.run_events(run_id, unit=unit, after_id=last, min_level=level):
+            where = event.unit or "driver"
+            console.print(f"{str(event.at)[:19]} {event.level:<7} {where:<12} {event.message}")
+            last = event.id
+        if not follow or catalog.get_run(run_id).finished:
+            break
+        time.sleep(1.0)
 
 
 @runs_app.command("export")
@@ -366,21 +452,116 @@ def runs_export(run_id: str, out: Path) -> None:
 @app.command()
 @friendly
 def compare(
-    run_id: str,
+    run_ids: Annotated[list[str], typer.Argument(help="One or more runs, compared side by side.")],
     reference: Annotated[str, typer.Option(help="Reference annotation set.")],
     iou: Annotated[float, typer.Option(help="IoU threshold of a detection match.")] = 0.5,
+    successive: Annotated[
+        bool,
+        typer.Option(
+            "--successive",
+            help="The runs are successive versions (oldest first): also compare each with the "
+            "previous one, object by object (matched, missed, extra, relabelled).",
+        ),
+    ] = False,
+    plots: Annotated[
+        Path | None,
+        typer.Option(help="Write metric, ROC, PR and confusion plots (PNG and HTML) here."),
+    ] = None,
     actor: Actor = ME,
 ) -> None:
-    """Compare a run's objects with a reference annotation set; store the evaluation."""
-    from pathray.evaluate.run_eval import evaluate_run
+    """Compare runs' objects with a reference annotation set; store the evaluations."""
+    from pathray.evaluate.runs import horizontal, vertical
 
-    report = evaluate_run(_catalog(), _store(), run_id, reference, iou_threshold=iou, actor=actor)
-    console.print(metrics_table(f"run {run_id} vs {reference}", report))
+    catalog, store = _catalog(), _store()
+    runs = list(dict.fromkeys(run_ids))
+    result = horizontal(catalog, store, runs, reference, iou_threshold=iou, actor=actor)
+    for run, report in result["runs"].items():
+        console.print(metrics_table(f"run {run} vs {reference}", report))
+    if len(runs) > 1:
+        console.print(runs_table(f"{len(runs)} runs vs {reference}", result["overall"]))
+    if successive and len(runs) > 1:
+        # The evaluations are stored already; only the run-to-run comparisons are new.
+        steps = vertical(
+            catalog,
+            store,
+            runs,
+            reference,
+            iou_threshold=iou,
+            actor=actor,
+            overall=result["overall"],
+        )
+        table = Table(
+            "step",
+            "run",
+            "matched",
+            "missed",
+            "extra",
+            "relabelled",
+            title="changes from the previous run",
+        )
+        for step in steps[1:]:
+            ch = step["changes_from_previous"]
+            table.add_row(
+                str(step["step"]),
+                step["run_id"],
+                *(str(ch[k]) for k in ("matched", "missed", "extra", "relabelled")),
+            )
+        console.print(table)
+    if plots is not None:
+        from pathray.evaluate.plots import report_plots
+
+        classification = {
+            run[:8]: rep["classification"]
+            for run, rep in result["runs"].items()
+            if "classification" in rep
+        }
+        written = report_plots(
+            plots,
+            [result["overall"][r] for r in runs],
+            labels=[r[:8] for r in runs],
+            classification=classification,
+            xlabel="iteration" if successive else "run",
+        )
+        console.print(f"wrote {len(written)} plot files to {plots}")
+
+
+#: Columns of the several-runs table: header, metric key.
+RUN_COLUMNS = (
+    ("F1", "f1"),
+    ("Dice", "dice"),
+    ("IoU", "pixel_iou"),
+    ("PQ", "pq"),
+    ("AJI", "aji"),
+    ("mAP", "map"),
+    ("accuracy", "accuracy"),
+)
+
+
+def runs_table(title: str, overall: dict[str, dict[str, Any]]) -> Table:
+    """A rich table with one row of overall metrics per run."""
+    table = Table("run", "ref", "pred", *(h for h, _ in RUN_COLUMNS), title=title)
+    for run, m in overall.items():
+        cells = [f"{m[k]:.3f}" if k in m else "-" for _, k in RUN_COLUMNS]
+        table.add_row(run, str(m.get("n_ref", "")), str(m.get("n_pred", "")), *cells)
+    return table
 
 
 def metrics_table(title: str, report: dict[str, Any]) -> Table:
     """A rich table of per-slide and overall metrics."""
-    table = Table("slide", "ref", "pred", "precision", "recall", "F1", "Dice", "IoU", title=title)
+    table = Table(
+        "slide",
+        "ref",
+        "pred",
+        "precision",
+        "recall",
+        "F1",
+        "Dice",
+        "IoU",
+        "PQ",
+        "AJI",
+        "mAP",
+        title=title,
+    )
 
     def row(name: str, m: dict[str, Any]) -> None:
         table.add_row(
@@ -388,8 +569,8 @@ def metrics_table(title: str, report: dict[str, Any]) -> Table:
             str(m.get("n_ref", "")),
             str(m.get("n_pred", "")),
             *(
-                f"{m.get(k, float('nan')):.3f}"
-                for k in ("precision", "recall", "f1", "dice", "pixel_iou")
+                f"{m[k]:.3f}" if k in m else "-"
+                for k in ("precision", "recall", "f1", "dice", "pixel_iou", "pq", "aji", "map")
             ),
         )
 

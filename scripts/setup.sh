@@ -8,7 +8,7 @@
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 venv="${PATHRAY_VENV:-$HOME/.cache/pathray/venv-py311}"
-what="${1:-core}"   # core | test (test also installs the browser and the viewer's npm packages)
+what="${1:-core}"   # core | ui (also the viewer's npm packages) | test (ui + Debian packages)
 
 python_bin=""
 for candidate in python3.11 python3.12 python3; do
@@ -44,6 +44,19 @@ if [ "$what" = "test" ]; then
     echo "setup: installing Debian packages: ${missing[*]}"
     sudo_cmd=""; [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
     $sudo_cmd apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
+fi
+
+# The slide viewer's JavaScript (OpenSeadragon, Annotorious) from the npm registry, pinned by
+# ui/package-lock.json into ui/node_modules (gitignored). A stamp named after the lock's hash
+# says the installed tree is up to date with the lock; npm ci runs only when it is missing.
+if [ "$what" = "test" ] || [ "$what" = "ui" ]; then
+  command -v npm >/dev/null 2>&1 || { echo "setup: npm not found; install Node.js 20+" >&2; exit 1; }
+  npm_stamp="$here/ui/node_modules/.pathray-$(sha256sum "$here/ui/package-lock.json" | cut -c1-16)"
+  if [ ! -f "$npm_stamp" ]; then
+    echo "setup: installing the viewer's npm packages (npm ci --prefix ui)"
+    npm ci --prefix "$here/ui" --no-audit --no-fund --loglevel=error >/dev/null
+    touch "$npm_stamp"
   fi
 fi
 echo "$venv"

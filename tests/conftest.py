@@ -94,3 +94,42 @@ def sqlite_catalog(tmp_path) -> Iterator[Catalog]:
 
 
 # ============================================================================ end of catalog
+
+
+# =============================================================================================
+# app-core fixtures (owner: pathray/results/overlay.py, pathray/catalog/corrections.py)
+#
+#   objects_slide    a catalog (each backend) with one registered 4000 x 3000 slide in image
+#                    set "cases" and a succeeded run of 1500 synthetic objects on it, committed
+#                    to a cold store in tmp_path
+# =============================================================================================
+
+
+@pytest.fixture
+def objects_slide(catalog: Catalog, tmp_path):
+    """A slide with a run's synthetic objects in the cold store (see the block comment)."""
+    import hashlib
+    from types import SimpleNamespace
+
+    from pathray.results.store import ColdStore
+    from pathray.results.synthetic_objects import write_objects_run
+
+    store = ColdStore(tmp_path / "cold")
+    catalog.add_store("local", str(tmp_path / "slides"))
+    slide = catalog.register_slide(
+        name="case.tif",
+        checksum=hashlib.sha256(b"objects_slide").hexdigest(),
+        store="local",
+        relative_path="case.tif",
+        width=4000,
+        height=3000,
+    )
+    catalog.create_image_set("cases")
+    catalog.add_to_image_set("cases", [slide.id])
+    run = write_objects_run(catalog, store, "cases", {slide.id: (4000, 3000)}, count=1500)
+    return SimpleNamespace(
+        catalog=catalog, store=store, slide_id=slide.id, image_set="cases", run=run
+    )
+
+
+# ========================================================================= end of app-core

@@ -15,10 +15,15 @@ from typing import Any
 
 from pathray.catalog.access import AccessMixin
 from pathray.catalog.annotations import AnnotationsMixin
+from pathray.catalog.auth import AuthMixin
+from pathray.catalog.comparisons import ComparisonsMixin
+from pathray.catalog.corrections import CorrectionsMixin
 from pathray.catalog.engine import make_engine, upgrade
 from pathray.catalog.image_sets import ImageSetsMixin
+from pathray.catalog.iterations import IterationsMixin
 from pathray.catalog.models_registry import ModelRegistryMixin
 from pathray.catalog.pipeline_registry import PipelineRegistryMixin
+from pathray.catalog.run_control import RunControlMixin
 from pathray.catalog.runs import RunsMixin
 from pathray.catalog.slides import SlidesMixin
 from pathray.config import Settings
@@ -30,8 +35,13 @@ class Catalog(
     ImageSetsMixin,
     AnnotationsMixin,
     RunsMixin,
+    RunControlMixin,
     ModelRegistryMixin,
     PipelineRegistryMixin,
+    IterationsMixin,
+    CorrectionsMixin,
+    AuthMixin,
+    ComparisonsMixin,
 ):
     """The hot catalog: slides, image sets, annotations, runs, results, models, units, audit.
 

@@ -50,6 +50,7 @@ ANNOTATION_SET_KINDS = ("reference", "correction", "import", "model")
 ANNOTATION_SOURCES = ("human", "model", "correction", "import")
 RUN_STATUSES = ("pending", "running", "succeeded", "failed", "cancelled")
 RESULT_KINDS = ("objects", "tiles")
+EVENT_LEVELS = ("debug", "info", "warning", "error")
 MODEL_FRAMEWORKS = ("classical", "sklearn", "xgboost", "torch")
 
 JSONType = JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
@@ -272,6 +273,9 @@ class RunRow(Base):
     created_at: Mapped[datetime] = _created_at()
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # migration 0005: a cancel is a request the run's driver honours between batches
+    cancel_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    cancel_requested_by: Mapped[str | None] = mapped_column(String(128))
 
 
 class ResultLocationRow(Base):
@@ -472,3 +476,158 @@ class PipelineEdgeRow(Base):
     pipeline_id: Mapped[int] = mapped_column(Integer, nullable=False)
     src: Mapped[str] = mapped_column(String(128), nullable=False)
     dst: Mapped[str] = mapped_column(String(128), nullable=False)
+
+
+# -- run control (migration 0005) ---------------------------------------------------------------
+
+
+class RunEventRow(Base):
+    """One event of a run: a driver milestone or a unit's log record (append-only)."""
+
+    __tablename__ = "run_events"
+    __table_args__ = (
+        CheckConstraint(_in_check("level", EVENT_LEVELS), name="level"),
+        Index("ix_run_events_run_id", "run_id", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), nullable=False)
+    at: Mapped[datetime] = mapped_column(
+        UTCDateTime(), nullable=False, default=utcnow, server_default=func.now()
+    )
+    unit: Mapped[str | None] = mapped_column(String(256))
+    level: Mapped[str] = mapped_column(String(16), nullable=False)
+    message: Mapped[str] = mapped_column(Text, nullable=False)
+
+
+# -- iterations (migration 0003) ----------------------------------------------------------------
+
+LOOP_STATUSES = ("running", "met", "exhausted", "failed", "cancelled")
+ITERATION_STATUSES = ("running", "met", "not_met", "failed")
+
+
+class IterationLoopRow(Base):
+    """An iteration loop: a pipeline node iterated until a requirement holds or a budget ends."""
+
+    __tablename__ = "iteration_loops"
+    __table_args__ = (CheckConstraint(_in_check("status", LOOP_STATUSES), name="status"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    pipeline_name: Mapped[str] = mapped_column(String(256), nullable=False)
+    node_id: Mapped[str] = mapped_column(String(128), nullable=False)
+    image_set_id: Mapped[int] = mapped_column(ForeignKey("image_sets.id"), nullable=False)
+    reference_set_id: Mapped[int] = mapped_column(ForeignKey("annotation_sets.id"), nullable=False)
+    requirement: Mapped[str] = mapped_column(Text, nullable=False)
+    budget: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False)
+    strategy: Mapped[str] = mapped_column(String(32), nullable=False)
+    settings: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False)
+    status: Mapped[str] = mapped_column(String(16), nullable=False)
+    best_number: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+    requester: Mapped[str] = mapped_column(String(128), nullable=False)
+    created_at: Mapped[datetime] = _created_at()
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class IterationRow(Base):
+    """One iteration: a unit version (and model version), its run, evaluation and verdict."""
+
+    __tablename__ = "iterations"
+    __table_args__ = (
+        CheckConstraint("number >= 0", name="number"),
+        CheckConstraint(_in_check("status", ITERATION_STATUSES), name="status"),
+        UniqueConstraint("loop_id", "number", name="uq_iterations_loop_number"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    loop_id: Mapped[str] = mapped_column(
+        ForeignKey("iteration_loops.id", ondelete="CASCADE"), nullable=False
+    )
+    number: Mapped[int] = mapped_column(Integer, nullable=False)
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("iterations.id"))
+    strategy: Mapped[str] = mapped_column(String(32), nullable=False)
+    unit_name: Mapped[str] = mapped_column(String(256), nullable=False)
+    unit_version_id: Mapped[int | None] = mapped_column(ForeignKey("unit_versions.id"))
+    model_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
+    config: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False)
+    run_id: Mapped[str | None] = mapped_column(ForeignKey("runs.id"), index=True)
+    evaluation: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False)
+    verdict: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False)
+    details: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False)
+    status: Mapped[str] = mapped_column(String(16), nullable=False)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = _created_at()
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+# -- auth (migration 0004) ----------------------------------------------------------------------
+
+TOKEN_ROLES = ("clinician", "engineer", "admin", "service")
+
+
+class UserCredentialRow(Base):
+    """A user's password, as an scrypt hash with its own salt (never the password)."""
+
+    __tablename__ = "user_credentials"
+
+    user_id: Mapped[int] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    )
+    password_hash: Mapped[str] = mapped_column(String(256), nullable=False)
+    updated_at: Mapped[datetime] = mapped_column(
+        UTCDateTime(), nullable=False, default=utcnow, server_default=func.now()
+    )
+
+
+class AuthSessionRow(Base):
+    """A login session: the SHA-256 of its random token, its expiry and revocation."""
+
+    __tablename__ = "auth_sessions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), nullable=False, index=True
+    )
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True, nullable=False)
+    created_at: Mapped[datetime] = _created_at()
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class ApiTokenRow(Base):
+    """A role-scoped API token of a service client (only its SHA-256 is stored)."""
+
+    __tablename__ = "api_tokens"
+    __table_args__ = (CheckConstraint(_in_check("role", TOKEN_ROLES), name="role"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), nullable=False, index=True)
+    role: Mapped[str] = mapped_column(String(16), nullable=False)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True, nullable=False)
+    prefix: Mapped[str] = mapped_column(String(16), nullable=False)
+    created_by: Mapped[str] = mapped_column(String(128), nullable=False)
+    created_at: Mapped[datetime] = _created_at()
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+# -- comparisons (migration 0006) ---------------------------------------------------------------
+
+
+class ComparisonRow(Base):
+    """A run compared with a base run (per slide, or overall when ``slide_id`` is NULL)."""
+
+    __tablename__ = "comparisons"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    base_run_id: Mapped[str] = mapped_column(
+        ForeignKey("runs.id", ondelete="CASCADE"), nullable=False, index=True
+    )
+    run_id: Mapped[str] = mapped_column(
+        ForeignKey("runs.id", ondelete="CASCADE"), nullable=False, index=True
+    )
+    slide_id: Mapped[int | None] = mapped_column(ForeignKey("slides.id"))
+    iou_threshold: Mapped[float] = mapped_column(Float, nullable=False)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False)
+    created_at: Mapped[datetime] = _created_at()
