@@ -195,18 +195,30 @@ def lineage_command(
 
 
 def _label(key: str, value: Any) -> str:
+    """A node's label: its key and, for a record, the field that names it.
+
+    Never the whole value: a list or record is drawn as branches below its label.
+    """
     if isinstance(value, dict):
-        for name in ("ref", "name", "id", "pipeline"):
+        for name in ("node", "ref", "name", "number", "id", "pipeline"):
             if name in value and not isinstance(value[name], dict | list):
                 return f"[bold]{key}[/bold] {value[name]}"
         return f"[bold]{key}[/bold]"
+    if isinstance(value, list):
+        return f"[bold]{key}[/bold] ({len(value)})"
     return f"[bold]{key}[/bold]: {value}"
 
 
 def _grow(branch: Tree, value: Any) -> None:
     if isinstance(value, dict):
         for key, item in value.items():
-            if isinstance(item, dict | list) and item:
+            if (
+                isinstance(item, list)
+                and item
+                and not any(isinstance(v, dict | list) for v in item)
+            ):
+                branch.add(f"[bold]{key}[/bold]: {', '.join(map(str, item))}")
+            elif isinstance(item, dict | list) and item:
                 _grow(branch.add(_label(key, item)), item)
             elif item not in (None, {}, []):
                 branch.add(_label(key, item))
@@ -214,6 +226,8 @@ def _grow(branch: Tree, value: Any) -> None:
         for i, item in enumerate(value):
             if isinstance(item, dict):
                 _grow(branch.add(_label(str(i), item)), item)
+            elif isinstance(item, list):
+                branch.add(" -> ".join(map(str, item)))  # an edge, a pair
             else:
                 branch.add(str(item))
 

@@ -73,6 +73,9 @@ def model_trace(catalog: Catalog, version: ModelVersion) -> dict[str, Any]:
             "slides": _slide_names(catalog, [int(s) for s in training.get("slides") or []]),
             "annotation_sets": [_annotation_set(catalog, name) for name in sets],
             "label_sources": training.get("label_sources", {}),
+            # a model trained outside the catalog (a shipped default) says how, and on what
+            "script": training.get("script"),
+            "data": training.get("data"),
         },
         "config": training.get("config", {}),
         "code_version": training.get("code_version"),

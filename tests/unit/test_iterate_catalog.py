@@ -160,3 +160,23 @@ def test_cli_lineage_and_iterate_errors(
         ],
     )
     assert space.exit_code == 2 and "--search-space must look like" in space.output
+
+
+def test_lineage_tree_names_records_and_never_prints_a_whole_list() -> None:
+    from rich.console import Console
+
+    from pathray.cli_iterate import lineage_tree
+
+    trace_ = {
+        "kind": "run",
+        "slides": [{"id": 3, "name": "a.tif"}, {"id": 4, "name": "b.tif"}],
+        "edges": [["tissue", "segment"]],
+        "units": [{"node": "segment", "config": {"channels": [16, 32]}, "model": None}],
+    }
+    console = Console(width=200, record=True)
+    console.print(lineage_tree(trace_))
+    text = console.export_text()
+    assert "slides (2)" in text and "0 a.tif" in text and "1 b.tif" in text
+    assert "tissue -> segment" in text and "channels: 16, 32" in text
+    assert "0 segment" in text and "model" not in text  # empty fields are left out
+    assert "[{" not in text and "['" not in text  # no list drawn as its repr
