@@ -66,13 +66,17 @@ def _percentiles(seconds: list[float]) -> dict[str, float]:
     return {"p50_ms": float(np.percentile(arr, 50)), "p99_ms": float(np.percentile(arr, 99))}
 
 
-def in_process(pipeline: str, tiles: list[np.ndarray], batch: int) -> list[dict[str, Any]]:
-    """Throughput and latency of the pipeline's stages called directly."""
+def in_process(
+    pipeline: str, tiles: list[np.ndarray], batch: int, catalog_url: str, cold_root: str
+) -> list[dict[str, Any]]:
+    """Throughput and latency of the pipeline's stages called directly (same models as served)."""
     from pathray.engine.stages import UnitStage
-    from serve.app import load_pipeline
+    from serve.app import load_pipeline, model_paths
     from serve.inference import plan_nodes, run_in_process, tile_batch
 
-    stages = [UnitStage(**p.stage_kwargs()) for p in plan_nodes(load_pipeline(pipeline))]
+    spec = load_pipeline(pipeline)
+    plans = plan_nodes(spec, model_paths(spec, catalog_url, cold_root))
+    stages = [UnitStage(**p.stage_kwargs()) for p in plans]
     run_in_process(stages, tile_batch(tiles[:1]))  # warm up
     latencies = []
     start = time.perf_counter()
@@ -194,9 +198,9 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     from serve.app import PipelineArgs, ServeArgs, app_builder, load_pipeline, start
 
     tiles = real_tiles(args.tiles)
-    baseline = in_process(args.pipeline, tiles, args.batch)
     home = Path(tempfile.mkdtemp(prefix="serve_load_"))
     catalog = Catalog.open(f"sqlite:///{home / 'catalog.db'}")
+    baseline = in_process(args.pipeline, tiles, args.batch, catalog.url, str(home / "cold"))
     token = catalog.create_api_token("bench", "service").token
     spec = load_pipeline(args.pipeline)
     unbatched = home / "unbatched.yaml"

@@ -137,7 +137,7 @@ def app_builder(args: ServeArgs) -> Application:
     entries = [(p, load_pipeline(p.source)) for p in args.pipeline_args()]
     planned: list[tuple[PipelineArgs, PipelineSpec, list[NodePlan]]] = []
     for entry, spec in entries:
-        models = _models(spec, catalog_url, cold_root)
+        models = model_paths(spec, catalog_url, cold_root)
         planned.append((entry, spec, plan_nodes(spec, models)))
     shared = {plan.key(): plan for _, _, plans in planned for plan in plans}
     cpus = _cpu_scale(shared, args.unit_cpus)
@@ -188,7 +188,7 @@ def app_builder(args: ServeArgs) -> Application:
     ).bind(pipelines, ingress_settings)
 
 
-def _models(spec: PipelineSpec, catalog_url: str, cold_root: str) -> dict[str, str]:
+def model_paths(spec: PipelineSpec, catalog_url: str, cold_root: str) -> dict[str, str]:
     """Node id -> model artifact path, for the nodes that load a registered model."""
     if not any(node.model for node in spec.units):
         return {}

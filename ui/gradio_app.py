@@ -18,6 +18,7 @@ from pipelines.presets import preset_names
 from ui import views
 from ui.iterate_bridge import loops_markdown, ray_ready
 from ui.iterate_bridge import start_iteration as start_iteration_loop
+from ui.service import service_markdown, service_settings
 
 RUN_HEADERS = ["run", "pipeline", "image set", "status", "progress", "requester", "created"]
 EVAL_HEADERS = ["run", "reference", "slide", *views.METRICS]
@@ -114,6 +115,9 @@ def build_blocks(catalog: Catalog, store: ColdStore) -> gr.Blocks:
                     run_a = gr.Dropdown(label="Version A (run)", choices=[])
                     run_b = gr.Dropdown(label="Version B (run)", choices=[])
                 pair = gr.Dataframe(headers=["metric", "A", "B", "B - A"], label="Side by side")
+            with gr.Tab("Service", id="service"):
+                service_md = gr.Markdown(elem_id="pr-service")
+                service_btn = gr.Button("Refresh", size="sm")
         timer = gr.Timer(2.0)
 
         # -- handlers ----------------------------------------------------------------------------
@@ -266,4 +270,10 @@ def build_blocks(catalog: Catalog, store: ColdStore) -> gr.Blocks:
         metric.change(compare, [cmp_set, metric], [evals, plot])
         run_a.change(lambda a, b: views.side_by_side(catalog, a, b), [run_a, run_b], pair)
         run_b.change(lambda a, b: views.side_by_side(catalog, a, b), [run_a, run_b], pair)
+
+        def service_state() -> str:
+            return service_markdown(*service_settings())
+
+        demo.load(service_state, None, service_md)
+        service_btn.click(service_state, None, service_md)
     return demo

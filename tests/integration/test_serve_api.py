@@ -287,6 +287,14 @@ def test_metrics_and_input_drift(env: Env) -> None:
         assert env.infer({"image": encode_tile(blue), "pipeline": "tissue"}).status_code == 200
     drifted = env.client.get("/v1/monitoring", headers=env.auth("engineer")).json()["drift"]
     assert drifted["warning"] and "input mean_r" in drifted["warnings"], drifted
+    # the clinician app shows the same warning (and the latency table) from this endpoint
+    from ui.service import service_markdown
+
+    shown = service_markdown(env.url, env.tokens["engineer"])
+    assert "Drift warning" in shown and "input mean_r" in shown, shown
+    assert "| `/v1/infer` |" in shown, shown
+    refused = service_markdown(env.url, env.tokens["clinician"])
+    assert "refused the request (403)" in refused, refused
     text = env.client.get("/metrics", headers=env.auth("engineer")).text
     assert "pathray_drift_warning 1.0" in text
     assert 'pathray_request_latency_seconds_bucket{endpoint="/v1/infer"' in text
