@@ -115,6 +115,7 @@ def client_main(args: argparse.Namespace) -> int:
     headers = {"Authorization": f"Bearer {args.token}", "content-type": "application/json"}
     lock = threading.Lock()
     results: list[tuple[int, float, bool]] = []
+    errors: dict[int, str] = {}  # status -> first body, for answers that are neither 200 nor 503
     counter = iter(range(args.requests))
     deadline = time.monotonic() + args.duration if args.duration else None
 
@@ -130,6 +131,8 @@ def client_main(args: argparse.Namespace) -> int:
                 took = time.perf_counter() - t0
                 with lock:
                     results.append((r.status_code, took, "retry-after" in r.headers))
+                    if r.status_code not in (200, 503):
+                        errors.setdefault(r.status_code, r.text[:300])
 
     start = time.perf_counter()
     threads = [threading.Thread(target=worker) for _ in range(args.concurrency)]
@@ -147,6 +150,7 @@ def client_main(args: argparse.Namespace) -> int:
                 "ok": len(ok),
                 "503": len(refused),
                 "other": len(results) - len(ok) - len(refused),
+                "errors": errors,
                 "retry_after_on_all_503": all(r for _, r in refused),
                 "wall_s": wall,
                 "tiles/s": len(ok) / wall,

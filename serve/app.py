@@ -111,17 +111,34 @@ def load_pipeline(source: str) -> PipelineSpec:
     return load_spec(source)
 
 
-def _cpu_scale(plans: dict[str, NodePlan], fixed: float | None) -> dict[str, float]:
-    """CPUs per unit deployment: fixed, or declared and scaled to three quarters of the cluster."""
-    if fixed is not None:
-        return dict.fromkeys(plans, fixed)
-    declared = {key: plan.cls.resources.num_cpus for key, plan in plans.items()}
-    import ray
+def _cpu_scale(
+    deployments: dict[str, NodePlan], fixed: float | None, total: float
+) -> dict[str, float]:
+    """CPUs per unit deployment: fixed, or declared and scaled to three quarters of the cluster.
 
-    total = float(ray.cluster_resources().get("CPU", 0)) if ray.is_initialized() else 0.0
+    Args:
+        deployments: The unit deployments the application creates, by deployment name (one unit
+            served at two batch sizes is two deployments and is counted twice).
+        fixed: CPUs every unit deployment asks for, overriding the declared ones.
+        total: CPUs in the cluster; 0 when unknown (no scaling).
+    """
+    if fixed is not None:
+        return dict.fromkeys(deployments, fixed)
+    declared = {key: plan.cls.resources.num_cpus for key, plan in deployments.items()}
     need = sum(declared.values())
     scale = min(1.0, 0.75 * total / need) if total and need else 1.0
     return {key: cpus * scale for key, cpus in declared.items()}
+
+
+def _cluster_cpus() -> float:
+    import ray
+
+    return float(ray.cluster_resources().get("CPU", 0)) if ray.is_initialized() else 0.0
+
+
+def _batch_size(entry: PipelineArgs, plans: list[NodePlan]) -> int:
+    batch = entry.max_batch_size or min(16, *(p.cls.batch_size for p in plans))
+    return batch if entry.batching else 1
 
 
 def app_builder(args: ServeArgs) -> Application:
@@ -139,13 +156,16 @@ def app_builder(args: ServeArgs) -> Application:
     for entry, spec in entries:
         models = model_paths(spec, catalog_url, cold_root)
         planned.append((entry, spec, plan_nodes(spec, models)))
-    shared = {plan.key(): plan for _, _, plans in planned for plan in plans}
-    cpus = _cpu_scale(shared, args.unit_cpus)
+    deployments = {
+        f"{plan.key()}-b{_batch_size(entry, plans)}": plan
+        for entry, _, plans in planned
+        for plan in plans
+    }
+    cpus = _cpu_scale(deployments, args.unit_cpus, _cluster_cpus())
     units: dict[str, Application] = {}
     pipelines: dict[str, dict[str, dict[str, Any]]] = {}
     for entry, spec, plans in planned:
-        batch = entry.max_batch_size or min(16, *(p.cls.batch_size for p in plans))
-        batch = batch if entry.batching else 1
+        batch = _batch_size(entry, plans)
         handles = []
         for plan in plans:
             key = f"{plan.key()}-b{batch}"
@@ -157,7 +177,7 @@ def app_builder(args: ServeArgs) -> Application:
                     max_ongoing_requests=max(entry.max_ongoing_requests, 2 * batch),
                     # its callers are bounded pipelines: a bounded queue never refuses them
                     max_queued_requests=4 * max(entry.max_ongoing_requests, 2 * batch),
-                    ray_actor_options={"num_cpus": cpus[plan.key()]},
+                    ray_actor_options={"num_cpus": cpus[key]},
                 ).bind(plan.stage_kwargs(), batch, entry.batch_wait_timeout_s)
             handles.append(units[key])
         deployment = PipelineDeployment.options(  # type: ignore[attr-defined]
@@ -207,6 +227,7 @@ def start(
     request_timeout_s: float | None = 60.0,
     address: str | None = None,
     blocking: bool = False,
+    ui: Application | None = None,
 ) -> str:
     """Run the application on Ray Serve; return its base URL.
 
@@ -217,6 +238,8 @@ def start(
         request_timeout_s: End-to-end timeout of an HTTP request at the proxy.
         address: Ray cluster (None: ``RAY_ADDRESS``, else a local Ray).
         blocking: Serve until interrupted.
+        ui: The clinician app (:func:`serve.clinician.clinician_app`), run beside the API at
+            ``/ui``.
     """
     from pathray.engine.cluster import ensure_ray
 
@@ -224,6 +247,10 @@ def start(
     serve.start(
         http_options={"host": host, "port": port, "request_timeout_s": request_timeout_s},
     )
+    if ui is not None:
+        from serve.clinician import UI_APP_NAME, UI_PREFIX
+
+        serve.run(ui, name=UI_APP_NAME, route_prefix=UI_PREFIX)
     serve.run(app, name=APP_NAME, route_prefix="/", blocking=blocking)
     return f"http://{host}:{port}"
 

@@ -55,6 +55,7 @@ CODES: dict[str, int] = {
     "pipeline.unknown": 404,
     "pipeline.unknown_version": 404,
     "pipeline.invalid": 422,
+    "pipeline.failed": 500,  # a unit raised on a valid tile: the service's fault, not the caller's
     "job.target": 422,
     "job.conflict": 409,
     "slide.unreadable": 409,

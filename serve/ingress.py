@@ -46,6 +46,7 @@ _INFER_ERRORS: dict[int | str, dict[str, Any]] = {
     **_ERRORS,
     503: {"model": ErrorBody, "description": "Overloaded: retry after Retry-After seconds."},
     504: {"model": ErrorBody, "description": "The pipeline did not answer in time."},
+    500: {"model": ErrorBody, "description": "A unit of the pipeline failed on a valid tile."},
 }
 SlideId = Annotated[int, Path(ge=1, le=2**31 - 1)]
 RunId = Annotated[str, Path(pattern=RUN_ID)]
@@ -112,6 +113,13 @@ def _overloaded(exc: BaseException) -> bool:
     return isinstance(exc, BackPressureError) or isinstance(
         getattr(exc, "cause", None), BackPressureError
     )
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    """The error a unit raised, out of the Ray task errors that carried it through the chain."""
+    while isinstance(getattr(exc, "cause", None), BaseException):
+        exc = exc.cause  # type: ignore[attr-defined]
+    return exc
 
 
 def _iso(value: Any) -> str | None:
@@ -280,7 +288,14 @@ class Ingress:
                     f"Retry after {self.retry_after} s.",
                     {"Retry-After": self.retry_after},
                 ) from None
-            raise
+            cause = _root_cause(exc)
+            # a unit failing on a tile that passed every input check is a server fault: say
+            # which pipeline and what it raised, without the replicas' tracebacks
+            raise ApiError(
+                "pipeline.failed",
+                f"Pipeline {deployed.spec.name!r} failed on this tile: "
+                f"{type(cause).__name__}: {cause}",
+            ) from None
 
     # -- slide jobs ---------------------------------------------------------------------------
     @api.post("/v1/jobs", tags=["jobs"], status_code=202, responses=_ERRORS)

@@ -173,6 +173,8 @@ class PipelineSpec(BaseModel):
                 entry["after"] = _Flow(node.after)
             if node.config:
                 entry["config"] = _Flow(node.config)
+            if node.model is not None:
+                entry["model"] = node.model
             units.append(entry)
         data: dict[str, Any] = {"name": self.name, "version": self.version}
         if self.description:

@@ -86,6 +86,13 @@ def test_yaml_round_trip() -> None:
     assert s.spec_hash() == PipelineSpec.from_yaml(s.to_yaml()).spec_hash()
 
 
+@pytest.mark.parametrize("name", preset_names())
+def test_every_preset_survives_a_yaml_round_trip(name: str) -> None:
+    """Model references included: a saved copy of ``nuclei`` must still load its U-Net."""
+    preset = load_preset(name)
+    assert PipelineSpec.from_yaml(preset.to_yaml()) == preset
+
+
 # Every invalid kind: (spec units, tiling mpp, a substring only its message holds).
 INVALID: dict[str, tuple[list[dict[str, Any]], float, str]] = {
     "missing column": (
