@@ -37,11 +37,14 @@ def serve_command(
     args_json: Annotated[
         str | None, typer.Option("--args", help="Full ServeArgs as JSON (overrides the above).")
     ] = None,
+    ui: Annotated[
+        bool, typer.Option(help="Also serve the clinician app (viewer, Gradio) under /ui.")
+    ] = False,
 ) -> None:
     """Serve tile inference, slide jobs, results and viewer data over HTTP (Ray Serve)."""
     try:
         _serve(pipelines, host, port, address, batching, max_ongoing, max_queued, replicas,
-               timeout, reference, args_json)  # fmt: skip
+               timeout, reference, args_json, ui)  # fmt: skip
     except PathRayError as exc:  # a user mistake: one line, status 2 (as the rest of the CLI)
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
@@ -59,6 +62,7 @@ def _serve(
     timeout: float,
     reference: str | None,
     args_json: str | None,
+    ui: bool,
 ) -> None:
     from pydantic import ValidationError
 
@@ -86,8 +90,26 @@ def _serve(
     from pathray.engine.cluster import ensure_ray
 
     ensure_ray(address)  # first: the builder fits the units' CPUs to the cluster
-    url = start(app_builder(args), host=host, port=port, request_timeout_s=timeout, address=address)
+    clinician = None
+    if ui:
+        from pathray.config import Settings
+        from serve.clinician import clinician_app
+
+        settings = Settings.from_env()
+        clinician = clinician_app(
+            args.catalog_url or settings.catalog_url, args.cold_root or str(settings.cold_root)
+        )
+    url = start(
+        app_builder(args),
+        host=host,
+        port=port,
+        request_timeout_s=timeout,
+        address=address,
+        ui=clinician,
+    )
     typer.echo(f"PathRay API on {url}/ (OpenAPI: {url}/docs); Ctrl-C stops it")
+    if ui:
+        typer.echo(f"Clinician app on {url}/ui/ (sign in with a `pathray users` account)")
     import time
 
     try:

@@ -44,7 +44,7 @@ def build_blocks(catalog: Catalog, store: ColdStore) -> gr.Blocks:
     with gr.Blocks(title="PathRay") as demo:
         with gr.Row():
             who = gr.Markdown(elem_id="pr-user")
-            gr.HTML('<a href="/logout" data-testid="logout">Sign out</a>', js_on_load=None)
+            gr.HTML('<a href="../logout" data-testid="logout">Sign out</a>', js_on_load=None)
         with gr.Tabs():
             with gr.Tab("Browse", id="browse"):
                 with gr.Row():

@@ -54,10 +54,25 @@ OWN_STATIC = {"viewer.js", "viewer.css"}
 OPEN_PATHS = {"/login", "/favicon.ico"}
 
 
-def _login_page(message: str = "", next_url: str = "/app/") -> str:
+def _login_page(base: str, message: str = "", next_url: str = "/app/") -> str:
     note = f'<p class="err" data-testid="login-error">{html.escape(message)}</p>' if message else ""
-    page = (STATIC / "login.html").read_text()
+    page = (STATIC / "login.html").read_text().replace("__BASE__", html.escape(base))
     return page.replace("__NOTE__", note).replace("__NEXT__", html.escape(next_url))
+
+
+def _base(request: Request) -> str:
+    """The prefix the app is mounted under (``/ui`` in the Serve application, else empty).
+
+    Every URL the app hands out starts with it, so the same app works at ``/`` under uvicorn
+    and behind a route prefix in Ray Serve.
+    """
+    return str(request.scope.get("root_path", "")).rstrip("/")
+
+
+def _app_path(request: Request) -> str:
+    """The request path inside the app, without the mount prefix."""
+    path, base = request.url.path, _base(request)
+    return (path[len(base) :] or "/") if base and path.startswith(base) else path
 
 
 def _safe_next(url: str) -> str:
@@ -108,31 +123,37 @@ def create_app(
     async def require_session(
         request: Request, call_next: Callable[[Request], Awaitable[Response]]
     ) -> Response:
-        if request.url.path in OPEN_PATHS:
+        path = _app_path(request)
+        if path in OPEN_PATHS:
             return await call_next(request)
         user = session.user_for(catalog, request.cookies.get(COOKIE))
         if user is None:
             accept = request.headers.get("accept", "")
             if request.method == "GET" and "text/html" in accept:
-                target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-                return RedirectResponse(f"/login?next={quote(target)}", status_code=303)
+                target = path + (f"?{request.url.query}" if request.url.query else "")
+                return RedirectResponse(
+                    f"{_base(request)}/login?next={quote(target)}", status_code=303
+                )
             return JSONResponse({"detail": "Sign in first."}, status_code=401)
         request.state.user = user
         return await call_next(request)
 
     @app.get("/login", response_class=HTMLResponse)
-    def login_form(next: str = "/app/") -> str:
-        return _login_page(next_url=_safe_next(next))
+    def login_form(request: Request, next: str = "/app/") -> str:
+        return _login_page(_base(request), next_url=_safe_next(next))
 
     @app.post("/login")
     def login(
-        username: str = Form(...), password: str = Form(...), next: str = Form("/app/")
+        request: Request,
+        username: str = Form(...),
+        password: str = Form(...),
+        next: str = Form("/app/"),
     ) -> Response:
         token = session.sign_in(catalog, username, password)
         if token is None:
-            page = _login_page("Unknown user or wrong password.", _safe_next(next))
+            page = _login_page(_base(request), "Unknown user or wrong password.", _safe_next(next))
             return HTMLResponse(page, status_code=401)
-        response = RedirectResponse(_safe_next(next), status_code=303)
+        response = RedirectResponse(_base(request) + _safe_next(next), status_code=303)
         response.set_cookie(
             COOKIE, token, httponly=True, samesite="lax", secure=secure_cookies, path="/"
         )
@@ -142,13 +163,13 @@ def create_app(
     @app.get("/logout")
     def logout(request: Request) -> Response:
         session.sign_out(catalog, request.cookies.get(COOKIE))
-        response = RedirectResponse("/login", status_code=303)
+        response = RedirectResponse(f"{_base(request)}/login", status_code=303)
         response.delete_cookie(COOKIE, path="/")
         return response
 
     @app.get("/")
-    def root() -> Response:
-        return RedirectResponse("/app/", status_code=303)
+    def root(request: Request) -> Response:
+        return RedirectResponse(f"{_base(request)}/app/", status_code=303)
 
     @app.get("/vendor/{name}")
     def vendor(name: str) -> Response:
@@ -182,11 +203,13 @@ def create_app(
             "edit": edit,
             "pollMs": poll_ms,
             "view": _view_box(view),
+            "base": _base(request),
         }
         # "</" must not appear inside the inline script: escape it in the JSON.
         page = (STATIC / "viewer.html").read_text()
         page = page.replace("__CONFIG__", json.dumps(config).replace("</", "<\\/"))
         page = page.replace("__TITLE__", html.escape(record.name))
+        page = page.replace("__BASE__", html.escape(_base(request)))
         return HTMLResponse(page)
 
     app.include_router(build_router(catalog, store))

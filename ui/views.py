@@ -49,9 +49,9 @@ def slide_cards(catalog: Catalog, image_set: str | None) -> str:
         name = html.escape(slide.name)
         mpp = f"{slide.mpp:.3g} µm/px" if slide.mpp else "mpp unknown"
         cards.append(
-            f'<a class="pr-card" href="/viewer?slide={slide.id}" target="_top" '
+            f'<a class="pr-card" href="../viewer?slide={slide.id}" target="_top" '
             f'data-testid="slide-card" data-slide="{slide.id}">'
-            f'<img src="/api/slides/{slide.id}/thumbnail.jpg" alt="{name}" loading="lazy">'
+            f'<img src="../api/slides/{slide.id}/thumbnail.jpg" alt="{name}" loading="lazy">'
             f"<div><b>{name}</b><br>"
             f"<small>{slide.width} x {slide.height} px, {mpp}</small></div></a>"
         )
@@ -68,7 +68,7 @@ def viewer_frame(slide_id: int | None, edit: str = "") -> str:
     """The slide viewer embedded in the app (the same page ``/viewer`` serves)."""
     if not slide_id:
         return "<p>Choose a slide.</p>"
-    src = f"/viewer?slide={int(slide_id)}" + (f"&edit={html.escape(edit)}" if edit else "")
+    src = f"../viewer?slide={int(slide_id)}" + (f"&edit={html.escape(edit)}" if edit else "")
     return (
         f'<p><a href="{src}" target="_blank">open in its own window</a></p>'
         f'<iframe src="{src}" data-testid="viewer-frame" '

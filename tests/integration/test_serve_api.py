@@ -3,6 +3,7 @@
 One application is started for the module (real Ray, real Serve, real catalog and cold store):
 the ``tissue`` and ``nuclei`` presets with batching, and a deliberately slow pipeline (dark blobs
 sleeping 0.8 s per call) limited to one request in flight and one queued, to show overload.
+Beside it, the clinician app runs as a second Serve application under ``/ui``.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ pytestmark = [pytest.mark.ray, pytest.mark.timeout(1200)]
 TILE_SLIDE = SHARED / "OS-1-detail.ome.tif"  # H&E, about 0.227 um/px
 JOB_SLIDE = next(p for p in OME_FILES if "ndpi" in p.name)  # 2202 px square
 TERMINAL = ("succeeded", "failed", "cancelled")
+UI_PASSWORD = "clinician-password"
 SLOW = """
 name: slow
 version: "1"
@@ -96,6 +98,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
 
     from pathray.engine.cluster import ensure_ray
     from serve.app import DriftArgs, PipelineArgs, ServeArgs, app_builder, start
+    from serve.clinician import clinician_app
     from serve.monitoring import build_reference
 
     home = tmp_path_factory.mktemp("serve")
@@ -132,8 +135,11 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         unit_cpus=0.1,
         drift=DriftArgs(reference=str(reference), window=8, min_tiles=4, threshold=2.0),
     )
+    catalog.add_user("cara", "clinician")
+    catalog.set_password("cara", UI_PASSWORD)
     port = _free_port()
-    url = start(app_builder(args), port=port)
+    ui = clinician_app(catalog.url, str(home / "cold"), poll_ms=60_000)
+    url = start(app_builder(args), port=port, ui=ui)
     try:
         yield Env(url, catalog, tokens, report.registered[0].id)
     finally:
@@ -398,3 +404,39 @@ def test_fuzzing_the_openapi_schema_finds_no_server_error(env: Env) -> None:
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     # the service answered the fuzzing and is still healthy
     assert env.client.get("/health").status_code == 200
+
+
+def test_the_clinician_app_is_mounted_under_ui_behind_its_own_sign_in(env: Env) -> None:
+    """Pages, viewer files, tiles and the Gradio app answer under /ui, and only after sign-in."""
+    slide = env.slide_id
+    with httpx.Client(base_url=env.url, timeout=60) as anon:
+        page = anon.get(
+            f"/ui/viewer?slide={slide}", headers={"accept": "text/html"}, follow_redirects=False
+        )
+        assert page.status_code == 303, page.text[:300]
+        assert page.headers["location"] == f"/ui/login?next=/viewer%3Fslide%3D{slide}"
+        assert anon.get(f"/ui/api/slides/{slide}.dzi").status_code == 401
+        # an API token is not a session: the two doors stay separate
+        assert anon.get(f"/ui/api/slides/{slide}.dzi", headers=env.auth()).status_code == 401
+        login = anon.get("/ui/login")
+        assert login.status_code == 200 and 'action="/ui/login"' in login.text
+    with httpx.Client(base_url=env.url, timeout=60) as user:
+        signed = user.post(
+            "/ui/login",
+            data={"username": "cara", "password": UI_PASSWORD},
+            follow_redirects=False,
+        )
+        assert signed.status_code == 303 and signed.headers["location"] == "/ui/app/"
+        viewer = user.get(f"/ui/viewer?slide={slide}")
+        assert viewer.status_code == 200
+        for src in ("/ui/static/viewer.js", "/ui/vendor/openseadragon.min.js"):
+            assert f'src="{src}"' in viewer.text
+            assert user.get(src).status_code == 200, src
+        assert '"base": "/ui"' in viewer.text
+        dzi = user.get(f"/ui/api/slides/{slide}.dzi")
+        assert dzi.status_code == 200 and "<Image" in dzi.text
+        tile = user.get(f"/ui/api/slides/{slide}_files/8/0_0.jpeg")
+        assert tile.status_code == 200 and tile.content[:2] == b"\xff\xd8"
+        gradio = user.get("/ui/app/")
+        assert gradio.status_code == 200 and "gradio" in gradio.text.lower()
+        assert user.get("/ui/logout", follow_redirects=False).headers["location"] == "/ui/login"
