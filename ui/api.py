@@ -16,7 +16,6 @@ Errors a user caused come back as ``{"detail": message}`` with 400, 403, 404 or 
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -38,7 +37,12 @@ from pathray.errors import (
     PathRayError,
     ProtectedError,
 )
-from pathray.results.overlay import geometries_to_geojson, overlay_features, overlay_tile
+from pathray.results.overlay import (
+    geometries_to_geojson,
+    overlay_features,
+    overlay_json,
+    overlay_tile,
+)
 from pathray.results.store import ColdStore
 from pathray.slides.deepzoom import DeepZoom, TileNotFoundError, deepzoom_for_slide
 from ui.layers import parse_layer, slide_layers
@@ -205,10 +209,7 @@ def build_router(catalog: Catalog, store: ColdStore) -> APIRouter:
             downsample=downsample,
             max_features=max_features,
         )
-        # Plain dicts, lists and numbers already: compact json.dumps is ten times faster than
-        # FastAPI's generic encoder and a quarter of its bytes on a 10k-object view.
-        body = json.dumps(data, separators=(",", ":"))
-        return Response(body, media_type="application/json")
+        return Response(overlay_json(data), media_type="application/json")
 
     @router.get("/slides/{slide_id}/overlay_tiles/{layer_id}/{level}/{col}_{row}.png")
     @guarded

@@ -45,6 +45,7 @@ def slide_cards(catalog: Catalog, image_set: str | None) -> str:
     info = catalog.get_image_set(image_set)
     lock = " 🔒 protected: annotations are read-only" if info.protected else ""
     cards = []
+    # Links are relative to the Gradio page (<mount>/app/), so they hold under any mount prefix.
     for slide in catalog.slides_in_set(image_set):
         name = html.escape(slide.name)
         mpp = f"{slide.mpp:.3g} µm/px" if slide.mpp else "mpp unknown"
