@@ -35,6 +35,7 @@ from pathray.catalog import Catalog
 from pathray.results.store import ColdStore
 from ui import session
 from ui.api import build_router, error_response
+from ui.layers import slide_layers
 
 UI = Path(__file__).parent
 STATIC = UI / "static"
@@ -204,12 +205,18 @@ def create_app(
             "pollMs": poll_ms,
             "view": _view_box(view),
             "base": _base(request),
+            # What the page's first requests need (ui/static/prefetch.js): no round trip.
+            "width": record.width,
+            "height": record.height,
+            "layers": [layer.as_dict() for layer in slide_layers(catalog, record.id)],
         }
         # "</" must not appear inside the inline script: escape it in the JSON.
         page = (STATIC / "viewer.html").read_text()
         page = page.replace("__CONFIG__", json.dumps(config).replace("</", "<\\/"))
         page = page.replace("__TITLE__", html.escape(record.name))
         page = page.replace("__BASE__", html.escape(_base(request)))
+        page = page.replace("__VIEWER_CSS__", (STATIC / "viewer.css").read_text())
+        page = page.replace("__PREFETCH_JS__", (STATIC / "prefetch.js").read_text())
         return HTMLResponse(page)
 
     app.include_router(build_router(catalog, store))

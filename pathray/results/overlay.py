@@ -118,9 +118,11 @@ class _Objects:
     cx: np.ndarray
     cy: np.ndarray
     geoms: np.ndarray | None
-    provenance: list[dict[str, Any]] | dict[str, Any]
+    #: What all objects share (the run and unit, or the annotation set) ...
+    provenance: dict[str, Any]
     total: int
-    extra: list[dict[str, Any]] = field(default_factory=list)
+    #: ... and what each has of its own (author, source, time, status), column-wise.
+    provenance_columns: dict[str, list[Any]] = field(default_factory=dict)
 
 
 def label_color(label: str | None, colors: Mapping[str, str] | None = None) -> tuple[int, int, int]:
@@ -190,10 +192,86 @@ def overlay_features(
     return {
         "type": "FeatureCollection",
         "features": features,
-        "mode": chosen,
+        **_summary(objects, chosen, len(features), box, downsample, layer),
+    }
+
+
+def overlay_packed(
+    catalog: Catalog,
+    store: ColdStore | None,
+    slide_id: int,
+    layer: Layer,
+    bbox: BBox,
+    downsample: float = 1.0,
+    *,
+    max_features: int = DEFAULT_MAX_FEATURES,
+    mode: Mode = "auto",
+    fine_max_downsample: float = FINE_MAX_DOWNSAMPLE,
+    label: str | None = None,
+) -> dict[str, Any]:
+    """The same objects as :func:`overlay_features`, in the packed columnar form.
+
+    What the viewer asks for: about a seventh of the bytes of GeoJSON, built and parsed several
+    times faster (see :mod:`pathray.results.packed` for the layout). Arguments, errors and
+    the summary keys (``mode``, ``total``, ``returned``, ``truncated``, ``bbox``,
+    ``downsample``, ``layer``) are those of :func:`overlay_features`.
+
+    Returns:
+        ``{"format": "packed", ...summary, "ids", "labels", "scores", "provenance",
+        "provenance_columns", "geometry"}``: ``labels`` (``{"values", "index"}``, with
+        ``colors`` per value) and each of ``provenance_columns`` are dictionary-encoded;
+        ``scores`` is None when no object has one; ``provenance`` is what all objects share.
+
+    Example:
+        >>> pk = overlay_packed(catalog, store, 1, layer, (0, 0, 4096, 4096))  # doctest: +SKIP
+        >>> pk["geometry"]["parts"][:3]  # doctest: +SKIP
+        [1, 1, 1]
+    """
+    from pathray.results.packed import coordinate_quantum, dictionary_encode, pack_geometries
+
+    box = _check_window(bbox, downsample, max_features, mode)
+    with gc_paused():  # tens of thousands of rows and list items, none in a cycle
+        objects, chosen = _collect(
+            catalog,
+            store,
+            slide_id,
+            layer,
+            box,
+            downsample,
+            max_features,
+            mode,
+            fine_max_downsample,
+            label,
+        )
+        labels = dictionary_encode(objects.labels)
+        labels["colors"] = ["#{:02x}{:02x}{:02x}".format(*label_color(v)) for v in labels["values"]]
+        scores = [None if s is None or not math.isfinite(s) else s for s in objects.scores]
+        geometry = pack_geometries(
+            objects.geoms, coordinate_quantum(downsample), (objects.cx, objects.cy)
+        )
+        provenance_columns = {
+            k: dictionary_encode(v) for k, v in objects.provenance_columns.items()
+        }
+    return {
+        "format": "packed",
+        **_summary(objects, chosen, len(objects.ids), box, downsample, layer),
+        "ids": list(objects.ids),
+        "labels": labels,
+        "scores": scores if any(s is not None for s in scores) else None,
+        "provenance": objects.provenance,
+        "provenance_columns": provenance_columns,
+        "geometry": geometry,
+    }
+
+
+def _summary(
+    objects: _Objects, mode: str, returned: int, box: BBox, downsample: float, layer: Layer
+) -> dict[str, Any]:
+    return {
+        "mode": mode,
         "total": objects.total,
-        "returned": len(features),
-        "truncated": len(features) < objects.total,
+        "returned": returned,
+        "truncated": returned < objects.total,
         "bbox": list(box),
         "downsample": float(downsample),
         "layer": {"kind": layer.kind, "ref": layer.ref, "unit": layer.unit},
@@ -331,18 +409,6 @@ def _annotation_objects(
         for i, g in zip(big, catalog.annotation_geometries(view.ids_of(big)), strict=True):
             geoms[i] = g.simplify(downsample, preserve_topology=True)
     bounds = np.asarray(view.bboxes, np.float64).reshape(-1, 4)
-    provenance = [
-        {
-            "annotation_set": layer.ref,
-            "author": author,
-            "source": source,
-            "modified_at": modified,
-            **({"status": status} if status is not None else {}),
-        }
-        for author, source, modified, status in zip(
-            view.authors, view.sources, view.modified, view.status, strict=True
-        )
-    ]
     objects = _Objects(
         ids=list(view.ids),
         labels=list(view.labels),
@@ -350,8 +416,14 @@ def _annotation_objects(
         cx=(bounds[:, 0] + bounds[:, 2]) / 2,
         cy=(bounds[:, 1] + bounds[:, 3]) / 2,
         geoms=geoms,
-        provenance=provenance,
+        provenance={"annotation_set": layer.ref},
         total=total,
+        provenance_columns={
+            "author": list(view.authors),
+            "source": list(view.sources),
+            "modified_at": list(view.modified),
+            "status": list(view.status),
+        },
     )
     return objects, "polygons" if fine else "centroids"
 
@@ -517,7 +589,10 @@ def _features(objects: _Objects, mode: str) -> list[dict[str, Any]]:
     with gc_paused():
         geo = geometries_to_geojson(objects.geoms) if objects.geoms is not None else [None] * n
         points = np.round(np.stack([objects.cx, objects.cy], axis=1), 2).tolist() if n else []
-        shared = objects.provenance if isinstance(objects.provenance, dict) else None
+        shared = objects.provenance
+        own = objects.provenance_columns
+        names: list[str] = [k for k in ("author", "source", "modified_at") if k in own]
+        status = own.get("status")
         colors = {
             label: "#{:02x}{:02x}{:02x}".format(*label_color(label))
             for label in set(objects.labels)
@@ -535,11 +610,27 @@ def _features(objects: _Objects, mode: str) -> list[dict[str, Any]]:
                         "label": label,
                         "score": None if score is None or not math.isfinite(score) else score,
                         "color": colors[label],
-                        "provenance": shared if shared is not None else objects.provenance[i],  # type: ignore[index]
+                        "provenance": _provenance(shared, own, names, status, i),
                     },
                 }
             )
     return features
+
+
+def _provenance(
+    shared: dict[str, Any],
+    own: dict[str, list[Any]],
+    names: list[str],
+    status: list[Any] | None,
+    i: int,
+) -> dict[str, Any]:
+    """One object's provenance: the shared part (itself, when nothing is per object) and its own."""
+    if not own:
+        return shared
+    out = {**shared, **{k: own[k][i] for k in names}}
+    if status is not None and status[i] is not None:
+        out["status"] = status[i]
+    return out
 
 
 @contextmanager
@@ -699,6 +790,7 @@ __all__ = [
     "label_color",
     "overlay_features",
     "overlay_json",
+    "overlay_packed",
     "overlay_tile",
     "run_provenance",
 ]

@@ -118,6 +118,11 @@ def test_viewer_layers_toggle_and_object_info(page: Any, app_url: str) -> None:
     assert "demo-gt" in legend and "reference annotations" in legend
     page.wait_for_timeout(500)
     assert page.evaluate(PAINTED) > 500
+    # The opening view's overlays were asked for before the viewer's scripts ran, and no
+    # second time once they had (ui/static/prefetch.js).
+    metrics = page.evaluate("window.pathrayMetrics")
+    assert metrics["prefetchedOverlays"] >= 1
+    assert metrics["overlayFetches"] == metrics["prefetchedOverlays"], metrics
     toggle = page.locator("[data-testid='layer-ann:demo-gt']")
     toggle.uncheck()
     page.wait_for_timeout(300)

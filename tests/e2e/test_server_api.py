@@ -79,6 +79,15 @@ def test_deepzoom_thumbnail_and_layers(client: TestClient, served: dict[str, Any
     ).json()
     assert overlay["mode"] == "polygons"
     assert overlay["returned"] == served["catalog"].count_annotations("demo-gt", slide) > 0
+    # The viewer's packed form: the same objects, in columns.
+    window = {"x0": 0, "y0": 0, "x1": 512, "y1": 512, "downsample": 1}
+    packed = client.get(
+        f"/api/slides/{slide}/overlay/ann:demo-gt", params={**window, "format": "packed"}
+    ).json()
+    assert packed["format"] == "packed" and packed["returned"] == overlay["returned"]
+    assert packed["ids"] == [f["id"] for f in overlay["features"]]
+    odd = client.get(f"/api/slides/{slide}/overlay/ann:demo-gt", params={**window, "format": "wkt"})
+    assert odd.status_code == 400 and "format must be 'geojson' or 'packed'" in odd.text
     bad = client.get(
         f"/api/slides/{slide}/overlay/nonsense", params={"x0": 0, "y0": 0, "x1": 1, "y1": 1}
     )

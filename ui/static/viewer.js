@@ -1,17 +1,22 @@
 // PathRay slide viewer: OpenSeadragon over DeepZoom tiles, canvas overlay layers, Annotorious
 // drawing on the editable annotation set, correction actions, and browser-side timings.
 //
-// The page (ui/server.py: /viewer) sets window.PATHRAY = {slideId, user, role, correction}.
-// Every request goes to the same origin, so the PathRay session cookie protects it.
+// The page (ui/server.py: /viewer) sets window.PATHRAY = {slideId, user, role, edit, view,
+// width, height, layers}; prefetch.js has already asked for the descriptor and the overlays of
+// the opening view (window.PATHRAY_PREFETCH). Every request goes to the same origin, so the
+// PathRay session cookie protects it.
 /* global OpenSeadragon, AnnotoriousOSD */
 (function () {
   "use strict";
   const cfg = window.PATHRAY;
   // the mount prefix (empty at the root, "/ui" inside the Serve application)
   const base = cfg.base || "";
+  const { overlayQuery, overlayUrl } = window.pathrayOverlay;
+  const prefetched = window.PATHRAY_PREFETCH || { overlays: new Map() };
   // Timings read by benchmarks/viewer.py and the end-to-end tests.
   const metrics = (window.pathrayMetrics = {
-    firstOverlayPaintMs: null, firstOverlayObjects: 0, overlayFetches: 0, lastDrawMs: null,
+    firstOverlayPaintMs: null, firstOverlayObjects: 0, overlayFetches: 0, prefetchedOverlays: 0,
+    lastDrawMs: null,
   });
   const $ = (id) => document.getElementById(id);
   const layers = new Map(); // layer id -> {meta, on, data, pending}
@@ -35,9 +40,9 @@
     el.className = isError ? "error" : "";
   }
 
+  const dziUrl = `${base}/api/slides/${cfg.slideId}.dzi`;
   const viewer = OpenSeadragon({
     id: "osd",
-    tileSources: `${base}/api/slides/${cfg.slideId}.dzi`,
     showNavigationControl: false,
     showNavigator: true,
     navigatorPosition: "BOTTOM_RIGHT",
@@ -45,8 +50,30 @@
     crossOriginPolicy: false,
     maxZoomPixelRatio: 4,
     imageLoaderLimit: 6,
+    // The 2D canvas drawer: without a GPU (virtual desktops, headless browsers) WebGL runs in
+    // software (SwiftShader), where OpenSeadragon's WebGL drawer takes seconds per frame and its
+    // support check alone about 0.3 s; the canvas drawer draws the same tiles in milliseconds.
+    drawer: "canvas",
   });
   window.pathrayViewer = viewer;
+  // The descriptor prefetch.js asked for, as OpenSeadragon's inline form (or its own request).
+  (prefetched.dzi || Promise.reject(new Error("no prefetch")))
+    .then((xml) => viewer.open(inlineDzi(xml)))
+    .catch(() => viewer.open(dziUrl));
+  function inlineDzi(xml) {
+    const img = new DOMParser().parseFromString(xml, "application/xml").querySelector("Image");
+    const size = img.querySelector("Size");
+    return {
+      Image: {
+        xmlns: img.getAttribute("xmlns"),
+        Url: `${base}/api/slides/${cfg.slideId}_files/`,
+        Format: img.getAttribute("Format"),
+        Overlap: img.getAttribute("Overlap"),
+        TileSize: img.getAttribute("TileSize"),
+        Size: { Width: size.getAttribute("Width"), Height: size.getAttribute("Height") },
+      },
+    };
+  }
 
   // -- overlay canvas ---------------------------------------------------------------------
   const canvas = document.createElement("canvas");
@@ -91,12 +118,13 @@
     metrics.firstOverlayPaintMs = performance.now(); // since navigation start
     metrics.firstOverlayObjects = objects;
     document.body.dataset.overlayPainted = "1";
+    setTimeout(annotator, 0); // drawing next, once the overlay is on screen
   }
 
   function drawLayer(layer, t) {
-    // Features are GeoJSON (pathray.results.overlay): points (centroids, or drawn points) and
-    // polygons, all in level-0 pixels, stroked a chunk of shapes per canvas call.
-    const st = layer.meta.style, feats = layer.data.features;
+    // Objects come packed (pathray.results.packed, decoded by decodePacked): points and
+    // polygons in level-0 pixels, stroked a chunk of shapes per canvas call.
+    const st = layer.meta.style, d = layer.data;
     if (layer.raster) return 0; // drawn by OpenSeadragon as a tiled image
     ctx.strokeStyle = st.color;
     ctx.fillStyle = st.color;
@@ -106,56 +134,143 @@
     // Paths of a few hundred shapes each: Chromium's rasteriser slows down sharply with the
     // size of one path (13k nuclei: about 1 s as one path, under 0.1 s in chunks of 256).
     const CHUNK = 256;
+    const { parts, rings, sizes, xy, points } = d;
     let dots = new Path2D(), lines = new Path2D(), nDots = 0, nLines = 0;
-    for (const f of feats) {
-      const g = f.geometry;
-      if (f.properties.provenance && f.properties.provenance.status === "rejected") continue;
-      if (g.type === "Point") {
-        const x = t.ox + g.coordinates[0] * t.s, y = t.oy + g.coordinates[1] * t.s;
-        dots.moveTo(x + r, y);
-        dots.arc(x, y, r, 0, 2 * Math.PI);
-        if (++nDots === CHUNK) { ctx.fill(dots); dots = new Path2D(); nDots = 0; }
+    let pi = 0, ri = 0, vi = 0, pt = 0;
+    for (let i = 0; i < d.n; i++) {
+      const skip = d.rejected(i);
+      const np = parts[i];
+      if (np === 0) {
+        if (!skip) {
+          const x = t.ox + points[pt] * t.s, y = t.oy + points[pt + 1] * t.s;
+          dots.moveTo(x + r, y);
+          dots.arc(x, y, r, 0, 2 * Math.PI);
+          if (++nDots === CHUNK) { ctx.fill(dots); dots = new Path2D(); nDots = 0; }
+        }
+        pt += 2;
         continue;
       }
-      const polys = g.type === "Polygon" ? [g.coordinates] : g.type === "MultiPolygon" ? g.coordinates : [];
-      for (const poly of polys) {
-        for (const ring of poly) {
-          lines.moveTo(t.ox + ring[0][0] * t.s, t.oy + ring[0][1] * t.s);
-          for (let k = 1; k < ring.length; k++) lines.lineTo(t.ox + ring[k][0] * t.s, t.oy + ring[k][1] * t.s);
-          lines.closePath();
+      for (let p = 0; p < np; p++) {
+        const nr = rings[pi++];
+        for (let k = 0; k < nr; k++) {
+          const end = vi + 2 * sizes[ri++];
+          if (!skip) {
+            lines.moveTo(t.ox + xy[vi] * t.s, t.oy + xy[vi + 1] * t.s);
+            for (let v = vi + 2; v < end; v += 2) lines.lineTo(t.ox + xy[v] * t.s, t.oy + xy[v + 1] * t.s);
+            lines.closePath();
+          }
+          vi = end;
         }
       }
-      if (++nLines === CHUNK) { ctx.stroke(lines); lines = new Path2D(); nLines = 0; }
+      if (!skip && ++nLines === CHUNK) { ctx.stroke(lines); lines = new Path2D(); nLines = 0; }
     }
     ctx.stroke(lines);
     ctx.fill(dots);
-    return feats.length;
+    return d.n;
   }
 
-  function viewBox() {
-    const b = viewer.viewport.viewportToImageRectangle(viewer.viewport.getBounds(true));
-    const m = 0.15; // fetch a margin so small pans need no request
-    return [b.x - b.width * m, b.y - b.height * m, b.x + b.width * (1 + m), b.y + b.height * (1 + m)];
+  // The packed answer of the overlay route as flat typed arrays (absolute coordinates), plus
+  // `features`: the same objects as GeoJSON features, built on first use (clicks, tests).
+  function decodePacked(pk) {
+    const g = pk.geometry, q = g.quantum, src = g.xy;
+    const xy = new Float64Array(src.length);
+    let k = 0;
+    for (const size of g.sizes) {
+      let x = 0, y = 0;
+      for (let v = 0; v < size; v++, k += 2) {
+        x += src[k]; y += src[k + 1];
+        xy[k] = x * q; xy[k + 1] = y * q;
+      }
+    }
+    const status = pk.provenance_columns.status;
+    const rejectedCode = status ? status.values.indexOf("rejected") : -1;
+    const d = {
+      mode: pk.mode, total: pk.total, truncated: pk.truncated, returned: pk.returned,
+      n: pk.ids.length, ids: pk.ids, parts: g.parts, rings: g.rings, sizes: g.sizes, xy, points: g.points,
+      rejected: rejectedCode < 0 ? () => false : (i) => status.index[i] === rejectedCode,
+    };
+    let features = null;
+    Object.defineProperty(d, "features", {
+      get: () => features || (features = toFeatures(pk, d)),
+    });
+    return d;
+  }
+  function toFeatures(pk, d) {
+    const labels = pk.labels, cols = Object.entries(pk.provenance_columns);
+    const out = new Array(d.n);
+    let pi = 0, ri = 0, vi = 0, pt = 0;
+    for (let i = 0; i < d.n; i++) {
+      let geometry;
+      if (d.parts[i] === 0) {
+        geometry = { type: "Point", coordinates: [d.points[pt], d.points[pt + 1]] };
+        pt += 2;
+      } else {
+        const polys = [];
+        for (let p = 0; p < d.parts[i]; p++) {
+          const poly = [];
+          for (let k = d.rings[pi++]; k > 0; k--) {
+            const ring = [];
+            const end = vi + 2 * d.sizes[ri++];
+            for (; vi < end; vi += 2) ring.push([d.xy[vi], d.xy[vi + 1]]);
+            ring.push(ring[0]); // GeoJSON rings are closed
+            poly.push(ring);
+          }
+          polys.push(poly);
+        }
+        geometry = polys.length === 1 ? { type: "Polygon", coordinates: polys[0] } : { type: "MultiPolygon", coordinates: polys };
+      }
+      const provenance = Object.assign({}, pk.provenance);
+      for (const [name, col] of cols) {
+        const v = col.values[col.index[i]];
+        if (v !== null || name !== "status") provenance[name] = v;
+      }
+      const li = labels.index[i];
+      out[i] = {
+        type: "Feature", id: d.ids[i], geometry,
+        properties: { label: labels.values[li], score: pk.scores ? pk.scores[i] : null, color: labels.colors[li], provenance },
+      };
+    }
+    return out;
+  }
+
+  function viewBounds() {
+    return viewer.viewport.viewportToImageRectangle(viewer.viewport.getBounds(true));
+  }
+
+  // The overlay prefetch.js asked for, if it covers this view at about this zoom (once).
+  function takePrefetched(layer, bounds, down) {
+    const pre = prefetched.overlays.get(layer.meta.id);
+    if (!pre) return null;
+    prefetched.overlays.delete(layer.meta.id);
+    const [x0, y0, x1, y1] = pre.box, eps = 1;
+    const covers = bounds.x >= x0 - eps && bounds.y >= y0 - eps
+      && bounds.x + bounds.width <= x1 + eps && bounds.y + bounds.height <= y1 + eps;
+    const ratio = down / pre.down;
+    return covers && ratio > 0.8 && ratio < 1.25 ? pre : null;
   }
 
   async function fetchLayer(layer, force) {
     if (!layer.on) return;
-    const box = viewBox().map((v) => Math.round(v));
+    const bounds = viewBounds();
     const down = 1 / transform().s; // level-0 pixels per screen pixel
-    const q = `x0=${box[0]}&y0=${box[1]}&x1=${box[2]}&y1=${box[3]}&downsample=${down.toFixed(4)}`;
-    // The slide opening and the layer list arriving both ask for the view: one request serves.
-    if (q === layer.inflight && !force) return;
+    const pre = force ? null : takePrefetched(layer, bounds, down);
+    if (pre) metrics.prefetchedOverlays++;
+    const { q } = pre || overlayQuery(bounds, down);
+    // The slide opening and the layer list arriving both ask for the view: one request serves;
+    // and a view already shown (a resize, a pan back) needs none.
+    if ((q === layer.inflight || (q === layer.shown && layer.data)) && !force) return;
     layer.inflight = q;
     const token = (layer.pending = (layer.pending || 0) + 1);
     metrics.overlayFetches++;
     let data;
     try {
-      data = await api(`${base}/api/slides/${cfg.slideId}/overlay/${encodeURIComponent(layer.meta.id)}?${q}`);
+      data = decodePacked(await (pre ? pre.data : api(overlayUrl(layer.meta.id, q))));
     } finally {
       if (token === layer.pending) layer.inflight = null;
     }
     if (token !== layer.pending) return; // a newer request superseded this one
     layer.data = data;
+    layer.shown = q;
     // Too many objects in a coarse view: the server renders them into tiles instead.
     setRaster(layer, data.mode === "centroids" && data.truncated);
     draw();
@@ -178,7 +293,7 @@
           ev.item.setOpacity(layer.raster && layer.on ? 1 : 0);
           // A raster layer has painted once its tiles for the view are all drawn.
           ev.item.addHandler("fully-loaded-change", (e) => {
-            if (e.fullyLoaded && layer.raster && layer.on) markPainted(layer.data.total || layer.data.features.length);
+            if (e.fullyLoaded && layer.raster && layer.on) markPainted(layer.data.total || layer.data.n);
           });
         },
       });
@@ -284,8 +399,41 @@
   });
 
   // -- drawing (Annotorious) on the editable set ------------------------------------------------
-  const anno = AnnotoriousOSD.createOSDAnnotator(viewer, { drawingEnabled: false, drawingMode: "drag", autoSave: true });
-  window.pathrayAnno = anno;
+  // Annotorious is about 700 kB of script: parsing it before the first overlay would delay
+  // that paint by most of a second, so it loads after it (or at once when editing).
+  let anno = null;
+  let annoLoading = null;
+  function annotator() {
+    if (!annoLoading) {
+      annoLoading = new Promise((resolve, reject) => {
+        const css = document.createElement("link");
+        css.rel = "stylesheet";
+        css.href = `${base}/vendor/annotorious-openseadragon.css`;
+        document.head.appendChild(css);
+        const el = document.createElement("script");
+        el.src = `${base}/vendor/annotorious-openseadragon.js`;
+        el.onload = resolve;
+        el.onerror = () => reject(new Error("cannot load the drawing tools (Annotorious)"));
+        document.head.appendChild(el);
+      }).then(() => {
+        anno = AnnotoriousOSD.createOSDAnnotator(viewer, { drawingEnabled: false, drawingMode: "drag", autoSave: true });
+        window.pathrayAnno = anno;
+        wireAnnotator();
+        syncAnnotator();
+        return anno;
+      });
+      annoLoading.catch((e) => status(e.message, true));
+    }
+    return annoLoading;
+  }
+  // The annotator shows the editable set, in its layer's colour.
+  function syncAnnotator() {
+    if (!anno) return;
+    anno.clearAnnotations();
+    if (!editable) return;
+    anno.setStyle({ stroke: editable.style.color, strokeWidth: 2, fill: editable.style.color, fillOpacity: 0.12 });
+    loadShapes().catch((e) => status(e.message, true));
+  }
 
   function toGeometry(selector) {
     const g = selector.geometry;
@@ -317,7 +465,7 @@
         body: JSON.stringify({ annotation_set: editable.set, slide_id: cfg.slideId, geometry, label }),
       });
       if (tempId) anno.removeAnnotation(tempId);
-      if (isShape(saved)) anno.addAnnotation(toAnnotorious(saved));
+      if (anno && isShape(saved)) anno.addAnnotation(toAnnotorious(saved));
       status(`saved annotation ${saved.id} (${label || "no label"})`);
       document.body.dataset.lastSaved = String(saved.id);
       await loadEditable(false);
@@ -327,22 +475,25 @@
       status(e.message, true);
     }
   }
-  anno.on("createAnnotation", (a) => saveNew(toGeometry(a.target.selector), a.id));
-  anno.on("updateAnnotation", async (a) => {
-    try {
-      await api(`${base}/api/annotations/${a.id}`, {
-        method: "PATCH",
-        headers: { "content-type": "application/json" },
-        body: JSON.stringify({ geometry: toGeometry(a.target.selector), action: "redraw" }),
-      });
-      status(`updated annotation ${a.id}`);
-      await loadEditable(false);
-    } catch (e) { status(e.message, true); }
-  });
-  anno.on("selectionChanged", (sel) => {
-    const hit = sel.length ? findFeature(editable.id, sel[0].id) : null;
-    if (hit) showInfo(hit.layer, hit.f);
-  });
+  // What Annotorious reports: a shape drawn, redrawn or selected.
+  function wireAnnotator() {
+    anno.on("createAnnotation", (a) => saveNew(toGeometry(a.target.selector), a.id));
+    anno.on("updateAnnotation", async (a) => {
+      try {
+        await api(`${base}/api/annotations/${a.id}`, {
+          method: "PATCH",
+          headers: { "content-type": "application/json" },
+          body: JSON.stringify({ geometry: toGeometry(a.target.selector), action: "redraw" }),
+        });
+        status(`updated annotation ${a.id}`);
+        await loadEditable(false);
+      } catch (e) { status(e.message, true); }
+    });
+    anno.on("selectionChanged", (sel) => {
+      const hit = sel.length ? findFeature(editable.id, sel[0].id) : null;
+      if (hit) showInfo(hit.layer, hit.f);
+    });
+  }
 
   async function loadEditable(reload) {
     // The editable set's objects live in Annotorious (to edit them) and, for points and the
@@ -350,7 +501,10 @@
     if (!editable) return;
     const layer = layers.get(editable.id);
     if (layer) await fetchLayer(layer, true); // after an edit: never a stale answer
-    if (!reload || editable.readonly) return;
+    if (reload) await loadShapes();
+  }
+  async function loadShapes() {
+    if (!editable || editable.readonly || !anno) return;
     const anns = await api(`${base}/api/slides/${cfg.slideId}/annotations?annotation_set=${encodeURIComponent(editable.set)}`);
     const shown = anns.features.filter((f) => isShape(f) && f.properties.status !== "rejected");
     anno.setAnnotations(shown.map(toAnnotorious));
@@ -360,12 +514,16 @@
     tool = name;
     for (const b of document.querySelectorAll("[data-tool]")) b.classList.toggle("active", b.dataset.tool === name);
     const drawing = name === "polygon" || name === "rectangle";
-    if (drawing) {
-      // Rectangles are dragged; polygons are clicked point by point (closed on the first).
-      anno.setDrawingMode(name === "rectangle" ? "drag" : "click");
-      anno.setDrawingTool(name);
-    }
-    anno.setDrawingEnabled(drawing);
+    if (!drawing && !anno) return; // nothing to switch off yet
+    annotator().then((a) => {
+      if (tool !== name) return; // another tool was chosen meanwhile
+      if (drawing) {
+        // Rectangles are dragged; polygons are clicked point by point (closed on the first).
+        a.setDrawingMode(name === "rectangle" ? "drag" : "click");
+        a.setDrawingTool(name);
+      }
+      a.setDrawingEnabled(drawing);
+    }).catch(() => {});
   }
   for (const b of document.querySelectorAll("[data-tool]")) b.addEventListener("click", () => setTool(b.dataset.tool));
 
@@ -374,7 +532,7 @@
     if (!id || !editable) return;
     try {
       await api(`${base}/api/annotations/${id}`, { method: "DELETE" });
-      anno.removeAnnotation(id);
+      if (anno) anno.removeAnnotation(id);
       $("info").hidden = true;
       status(`deleted annotation ${id}`);
       await loadEditable(false);
@@ -392,7 +550,7 @@
         headers: { "content-type": "application/json" },
         body: JSON.stringify(body),
       });
-      if (action === "reject") { anno.removeAnnotation(String(id)); $("info").hidden = true; }
+      if (action === "reject") { if (anno) anno.removeAnnotation(String(id)); $("info").hidden = true; }
       status(`${action}: object ${id}`);
       await loadEditable(false);
       const hit = findFeature(editable.id, id);
@@ -423,19 +581,20 @@
     sel.innerHTML = "";
     for (const l of editable ? editable.labels : []) sel.add(new Option(l, l));
     setTool("pan");
-    anno.clearAnnotations();
     if (editable) {
-      // The shapes being edited take their layer's colour, as in the legend.
-      anno.setStyle({ stroke: editable.style.color, strokeWidth: 2, fill: editable.style.color, fillOpacity: 0.12 });
       layers.get(id).on = true;
       legend();
-      loadEditable(true).catch((e) => status(e.message, true));
-    }
+      if (anno) syncAnnotator();
+      else annotator().catch(() => {}); // syncs once loaded
+      const layer = layers.get(id);
+      if (viewer.world.getItemCount()) fetchLayer(layer).catch((e) => status(e.message, true));
+    } else syncAnnotator();
     summary().catch((e) => status(e.message, true));
   }
 
   async function loadLayers() {
-    const meta = await api(`${base}/api/slides/${cfg.slideId}/layers`);
+    // The page came with the layer list (prefetch.js used it): ask the server only later on.
+    const meta = lastSignature === null && cfg.layers ? cfg.layers : await api(`${base}/api/slides/${cfg.slideId}/layers`);
     const signature = JSON.stringify(meta);
     if (signature === lastSignature) return meta; // nothing new: keep the tool and selection
     const first = lastSignature === null;
