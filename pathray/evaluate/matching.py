@@ -44,6 +44,7 @@ from scipy.spatial import cKDTree
 
 from pathray.errors import ConfigError
 from pathray.evaluate.assignment import max_matching
+from pathray.evaluate.overlap import Rings, intersection_areas
 
 #: Anything accepted as a collection of geometries: a sequence or an object array of them.
 Geometries = Sequence[shapely.Geometry | None] | NDArray[np.object_]
@@ -176,7 +177,8 @@ def match_by_iou(
         ref: Reference polygons.
         threshold: Minimum IoU of a pair, in ``(0, 1]``.
         chunk_size: Predictions processed at once; bounds memory.
-        n_threads: Threads computing exact intersections (shapely releases the GIL);
+        n_threads: Threads computing exact intersections (shapely and the kernel release
+            the GIL);
             ``None`` uses up to 8 of the CPUs this process may use, and no more than
             ``OMP_NUM_THREADS`` (which Ray sets to a task's CPUs).
         repair: Replace invalid geometries (self-intersecting outlines, ...) by
@@ -317,8 +319,9 @@ def _iou_candidates(
 ) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.float64], NDArray[np.float64]]:
     """All pairs with IoU >= threshold, as (pred index, ref index, IoU, intersection) arrays.
 
-    Chunks of predictions run concurrently on ``threads`` threads (shapely releases the GIL);
-    each chunk queries the tree, prunes by the IoU upper bound, then intersects exactly.
+    Chunks of predictions run concurrently on ``threads`` threads (shapely and the compiled
+    kernel release the GIL); each chunk queries the tree, prunes by the IoU upper bound, then
+    intersects exactly.
     """
     if not len(p) or not len(r):
         return np.zeros(0, _INT), np.zeros(0, _INT), np.zeros(0), np.zeros(0)
@@ -329,6 +332,7 @@ def _iou_candidates(
             r = np.concatenate(list(pool.map(make_valid, _pieces(r, -(-len(r) // threads)))))
         tree = shapely.STRtree(r)
         area_r, box_r = shapely.area(r), shapely.bounds(r)
+        rings_r = _rings(pool, r, threads)
 
         def work(start: int) -> tuple[NDArray[Any], ...]:
             part = p[start : start + chunk]
@@ -347,7 +351,7 @@ def _iou_candidates(
             bound = np.minimum(np.minimum(ap, ar), overlap) / np.maximum(np.maximum(ap, ar), 1e-300)
             keep = bound >= threshold * (1 - _TOL)
             qi, rj, ap, ar = qi[keep], rj[keep], ap[keep], ar[keep]
-            inter = _intersection_area(part[qi], r[rj])
+            inter = intersection_areas(part, r, Rings.from_geometries(part), rings_r, qi, rj)
             union = ap + ar - inter
             iou = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
             ok = (inter > 0) & (iou >= threshold * (1 - _TOL))
@@ -361,19 +365,15 @@ def _pieces(arr: NDArray[np.object_], size: int) -> list[NDArray[np.object_]]:
     return [arr[i : i + size] for i in range(0, len(arr), size)]
 
 
-def _intersection_area(a: NDArray[np.object_], b: NDArray[np.object_]) -> NDArray[np.float64]:
-    """Areas of the pairwise intersections.
-
-    On a GEOS robustness failure the chunk is retried with invalid inputs repaired and snap
-    rounding to 1/1024 pixel.
-    """
-    try:
-        return np.asarray(shapely.area(shapely.intersection(a, b)), dtype=np.float64)
-    except shapely.errors.GEOSException:
-        a, b = make_valid(a), make_valid(b)
-        return np.asarray(
-            shapely.area(shapely.intersection(a, b, grid_size=1.0 / 1024)), dtype=np.float64
-        )
+def _rings(pool: ThreadPoolExecutor, geoms: NDArray[np.object_], threads: int) -> Rings:
+    """:meth:`Rings.from_geometries` of ``geoms``, the pieces flattened on the pool's threads."""
+    parts = list(pool.map(Rings.from_geometries, _pieces(geoms, -(-len(geoms) // threads))))
+    shift = np.cumsum([0] + [len(part.xy) for part in parts[:-1]])
+    return Rings(
+        np.concatenate([part.xy for part in parts]),
+        np.concatenate([part.start + k for part, k in zip(parts, shift, strict=True)]),
+        np.concatenate([part.count for part in parts]),
+    )
 
 
 def _assign(
