@@ -4,7 +4,8 @@ Both sides read the same tiles of the same synthetic slide through PathRay's til
 pass them through the same number of actor-pool stages with the same resources; the units do
 nothing. What differs is what the engine adds around the units: the unit wrapper
 (:class:`~pathray.engine.stages.UnitStage`: key columns, tile markers, per-unit progress
-reports), the writer stage that stages every tile to Parquet with deterministic keys, and, for
+reports), the staging of every tile to Parquet with deterministic keys (in the last unit's
+actors), and, for
 the whole run, planning (tissue mask, tile grid), the catalog records, the commit to Lance and
 the result locations.
 
@@ -118,7 +119,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         start_ray(args.cpus)
         refs = plan_run(catalog, [slide_id], spec.tiling).refs
         order = [(node, spec.unit_class(node)) for node in spec.ordered()]
-        stages, _, read_cpus = _stage_resources(order)
+        stages, read_cpus = _stage_resources(order)
         bare_stage = dict(stages[0])
         times: dict[str, list[float]] = {"bare": [], "engine stream": [], "engine run": []}
         tiles: dict[str, int] = {}

@@ -1,10 +1,10 @@
 """Running a pipeline over an image set on Ray.
 
 ``run_pipeline`` records a run, plans its tiles, builds one Ray Data stage per unit (each on its
-own actor pool, in topological order) followed by the writer, streams everything, then commits
-the staged results to the cold store and records their locations in the catalog. A run resumed by
-id re-plans the same tiles, skips those already staged and commits exactly the rows of one clean
-run.
+own actor pool, in topological order; the last one also stages the results), streams everything,
+then commits the staged results to the cold store and records their locations in the catalog. A
+run resumed by id re-plans the same tiles, skips those already staged and commits exactly the
+rows of one clean run.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from pathray.engine.lineage import register_lineage
 from pathray.engine.models import ResolvedModel, resolve_models
 from pathray.engine.monitor import RunMonitor, monitor_name
 from pathray.engine.plan import Plan, plan_run
-from pathray.engine.stages import UnitStage, WriteStage
+from pathray.engine.stages import UnitStage
 from pathray.errors import ConfigError
 from pathray.pipeline.spec import PipelineSpec, UnitSpec
 from pathray.results.store import ColdStore
@@ -116,14 +116,10 @@ def stored_schemas(order: list[tuple[UnitSpec, type[Unit]]]) -> tuple[pa.Schema,
     return pa.schema(list(tiles.items())), pa.schema(list(objects.items()))
 
 
-#: CPUs the writer stage declares (it only serialises small tables).
-WRITER_CPUS = 0.25
-
-
 def _stage_resources(
     order: list[tuple[UnitSpec, type[Unit]]],
-) -> tuple[list[dict[str, Any]], dict[str, Any], float]:
-    """Ray resources of the unit stages, of the writer and of a read task, fitted to the cluster.
+) -> tuple[list[dict[str, Any]], float]:
+    """Ray resources of the unit stages and of a read task, fitted to the cluster.
 
     Actors hold their CPUs while idle, so on a small machine the declared CPUs are scaled down
     until the first actor of every stage fits beside one read task (else the pipeline would wait
@@ -132,8 +128,8 @@ def _stage_resources(
     total, gpus = cluster_cpus(), cluster_gpus()
     read_cpus = min(1.0, total * 0.25)
     budget = total - read_cpus
-    declared = sum(cls.resources.num_cpus for _, cls in order) + WRITER_CPUS
-    scale = min(1.0, budget / declared)
+    declared = sum(cls.resources.num_cpus for _, cls in order)
+    scale = min(1.0, budget / declared) if declared > 0 else 1.0
     stages = []
     for _, cls in order:
         cpus = cls.resources.num_cpus * scale
@@ -150,8 +146,7 @@ def _stage_resources(
         if cls.resources.custom:
             stage["resources"] = dict(cls.resources.custom)
         stages.append(stage)
-    writer = {"num_cpus": WRITER_CPUS * scale, "compute": ray.data.ActorPoolStrategy(size=1)}
-    return stages, writer, read_cpus
+    return stages, read_cpus
 
 
 def build_dataset(
@@ -162,7 +157,7 @@ def build_dataset(
     models: dict[str, ResolvedModel] | None = None,
     monitor: str | None = None,
 ) -> ray.data.Dataset:
-    """The Ray Data pipeline of a run: tiles -> unit stages -> writer.
+    """The Ray Data pipeline of a run: tiles -> unit stages, the last one staging the results.
 
     Args:
         spec: The pipeline.
@@ -175,10 +170,17 @@ def build_dataset(
     models = models or {}
     order = [(node, spec.unit_class(node)) for node in spec.ordered()]
     tile_schema, object_schema = stored_schemas(order)
-    stages, writer, read_cpus = _stage_resources(order)
+    stages, read_cpus = _stage_resources(order)
     ds = tile_dataset(refs, block_rows=block_rows, num_cpus=read_cpus)
     marker_cols = tuple(c for c in tile_schema.names if c not in TILE_KEYS)
-    for (node, cls), resources in zip(order, stages, strict=True):
+    emits = any(cls.emits_objects() for _, cls in order)
+    write = {
+        "staging": str(staging),
+        "object_schema": object_schema if emits else None,
+        "tile_schema": tile_schema,
+    }
+    for i, ((node, cls), resources) in enumerate(zip(order, stages, strict=True)):
+        last = i == len(order) - 1
         ds = ds.map_batches(
             UnitStage,
             fn_constructor_kwargs={
@@ -188,23 +190,14 @@ def build_dataset(
                 "tile_columns": marker_cols,
                 "node_id": node.id,
                 "monitor": monitor,
+                # The last unit stages its own output (see pathray.engine.stages).
+                "write": write if last else None,
             },
             batch_size=cls.batch_size,
             batch_format="numpy",
             **resources,
         )
-    emits = any(cls.emits_objects() for _, cls in order)
-    return ds.map_batches(
-        WriteStage,
-        fn_constructor_kwargs={
-            "staging": str(staging),
-            "object_schema": object_schema if emits else None,
-            "tile_schema": tile_schema,
-        },
-        batch_size=None,
-        batch_format="numpy",
-        **writer,
-    )
+    return ds
 
 
 def _pending(plan: Plan, store: ColdStore, run_id: str) -> pa.Table:

@@ -9,7 +9,9 @@ processed even when it held no object; units never see them.
 :class:`WriteStage` writes every batch to the run's staging area as two Parquet files with
 content-derived names (objects first, then the tile markers, each written to a temporary name and
 renamed), so a retried batch overwrites its own files and a tile counts as done only once its
-marker file exists.
+marker file exists. The engine runs it inside the last unit's actors (``UnitStage(write=...)``)
+rather than as a stage of its own: a separate writer pool would cost one more actor process per
+run and one more trip of every batch through the object store, for no parallelism gained.
 """
 
 from __future__ import annotations
@@ -67,6 +69,8 @@ class UnitStage:
         node_id: The pipeline node this stage runs (names its progress and log records).
         monitor: Name of the run's :class:`~pathray.engine.monitor.RunMonitor` actor; None
             outside a run.
+        write: Keyword arguments of a :class:`WriteStage` to stage this unit's output with
+            (the last stage of a run); the stage then returns the writer's summary rows.
     """
 
     def __init__(
@@ -77,6 +81,7 @@ class UnitStage:
         tile_columns: tuple[str, ...] = (),
         node_id: str | None = None,
         monitor: str | None = None,
+        write: dict[str, Any] | None = None,
     ) -> None:
         cls = load_unit_class(unit_path)
         self.node_id = node_id or cls.name
@@ -95,9 +100,14 @@ class UnitStage:
         self.unit: Unit = cls(config, artifacts)
         self.emits = cls.emits_objects()
         self.tile_columns = tile_columns
+        self.writer = WriteStage(**write) if write is not None else None
 
     def __call__(self, batch: Batch) -> Batch:
-        """Apply the unit to the batch's real rows and pass markers through."""
+        """Apply the unit to the batch's real rows and pass markers through (or stage them)."""
+        out = self._run(batch)
+        return out if self.writer is None else self.writer(out)
+
+    def _run(self, batch: Batch) -> Batch:
         markers = _is_marker(batch)
         tiles = int(markers.sum()) if markers.any() else len(batch["tile_id"])
         if not markers.any():
