@@ -30,6 +30,11 @@ if [ ! -f "$stamp" ]; then
   constraint=()
   [ -f "$here/requirements.lock" ] && constraint=(-c "$here/requirements.lock")
   "$venv/bin/uv" pip install --python "$venv/bin/python" -q "${constraint[@]}" -e "$here[dev]"
+  # jsonschema, which every Ray worker imports, builds an Earley parser of RFC 3987 at import
+  # when the optional rfc3987-syntax is installed (TIAToolbox -> JupyterLab -> jupyter-events
+  # asks for it as an extra): 2 s of CPU per process, paid by each Ray task and actor worker.
+  # Nothing PathRay runs validates IRIs against a JSON schema.
+  "$venv/bin/uv" pip uninstall --python "$venv/bin/python" -q rfc3987-syntax 2>/dev/null || true
   rm -f "$venv"/.pathray-*
   touch "$stamp"
 fi
