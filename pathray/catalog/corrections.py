@@ -32,6 +32,7 @@ import json
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -634,7 +635,9 @@ class CorrectionsMixin(CatalogBase):
             AnnotationRow.max_y,
             AnnotationRow.author,
             AnnotationRow.source,
-            AnnotationRow.modified_at,
+            # Raw (SQLite's stored text): building, tagging and formatting a datetime per row
+            # was a third of the read; :func:`_iso_utc` gives the same string directly.
+            type_coerce(AnnotationRow.modified_at, Text).label("modified_at"),
             # As text: most rows hold ``{}``, and parsing only the others halves the read.
             type_coerce(AnnotationRow.properties, Text).label("properties"),
         ]
@@ -669,7 +672,7 @@ class CorrectionsMixin(CatalogBase):
             wkb=[r.geometry for r in rows] if shapes else None,
             authors=[r.author for r in rows],
             sources=[r.source for r in rows],
-            modified=[r.modified_at.isoformat() for r in rows],
+            modified=[_iso_utc(r.modified_at) for r in rows],
             status=[p.get("status") for p in props],
             scores=[_number(p.get("score")) for p in props],
         )
@@ -803,6 +806,25 @@ def _require_correction_set(set_row: AnnotationSetRow) -> None:
             f"Annotation set '{set_row.name}' must be a correction set. Got a {set_row.kind} "
             "set instead; promote a run's results to correct them."
         )
+
+
+def _iso_utc(value: Any) -> str:
+    """The ``isoformat()`` of a stored UTC timestamp, from the raw value read.
+
+    The raw value is SQLite's text (``YYYY-MM-DD HH:MM:SS[.ffffff]``, UTC) or a driver's
+    datetime (PostgreSQL); the result is what :class:`~pathray.catalog.models.UTCDateTime`
+    would read, formatted.
+
+    Example:
+        >>> _iso_utc("2026-12-07 01:02:03.000000"), _iso_utc("2026-12-07 01:02:03.250000")
+        ('2026-12-07T01:02:03+00:00', '2026-12-07T01:02:03.250000+00:00')
+    """
+    if isinstance(value, str) and len(value) in (19, 26) and value[10] == " ":
+        text = value[:19] if value.endswith(".000000") else value
+        return f"{text[:10]}T{text[11:]}+00:00"
+    moment = datetime.fromisoformat(value) if isinstance(value, str) else value
+    moment = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    return moment.isoformat()
 
 
 def _properties(raw: Any) -> dict[str, Any]:

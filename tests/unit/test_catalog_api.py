@@ -449,3 +449,19 @@ def test_records_outlive_the_session_and_the_catalog_pickles(catalog_url: str) -
     assert slide.name == "s1.svs" and image_set.slide_count == 0
     assert pickle.loads(pickle.dumps(slide)) == slide
     assert "Catalog(" in repr(clone)
+
+
+def test_annotation_view_timestamps_read_as_the_orm_reads_them(catalog: Catalog) -> None:
+    """The view reads raw timestamps (SQLite text, PostgreSQL datetimes) for speed."""
+    s1 = _slide(catalog, 1).id
+    catalog.create_image_set("set")
+    catalog.add_to_image_set("set", [s1])
+    catalog.create_annotation_set("anns", image_set="set")
+    boxes = [(shapely.box(i, i, i + 2, i + 2), "a", None) for i in range(3)]
+    catalog.add_annotations("anns", s1, boxes, author="eve")
+    first = catalog.query_annotations("anns", s1)[0]
+    catalog.update_annotation(first.id, label="b")
+    view = catalog.annotation_view("anns", s1)
+    expected = [catalog.get_annotation(i).modified_at.isoformat() for i in view.ids]
+    assert view.modified == expected
+    assert all(m.endswith("+00:00") and "T" in m for m in view.modified)
