@@ -30,12 +30,13 @@ PAINTED = """() => {
 }"""
 
 # The screen position (page pixels) of a polygon of a layer, with its id and label.
-OBJECT_ON_SCREEN = """([layerId, skip]) => {
+OBJECT_ON_SCREEN = """([layerId, exclude]) => {
   const layer = window.pathrayLayers.get(layerId);
   const polys = layer.data.features.filter((f) => f.geometry.type === 'Polygon'
+      && !exclude.includes(f.id)
       && !(f.properties.provenance && f.properties.provenance.status === 'rejected'));
   const rect = window.pathrayViewer.element.getBoundingClientRect();
-  for (const f of polys.slice(skip)) {
+  for (const f of polys) {
     const ring = f.geometry.coordinates[0];
     const cx = ring.reduce((a, p) => a + p[0], 0) / ring.length;
     const cy = ring.reduce((a, p) => a + p[1], 0) / ring.length;
@@ -130,7 +131,7 @@ def test_viewer_layers_toggle_and_object_info(page: Any, app_url: str) -> None:
     toggle.check()
     page.wait_for_function(f"() => ({PAINTED})() > 500")
 
-    target = page.evaluate(OBJECT_ON_SCREEN, ["ann:demo-gt", 0])
+    target = page.evaluate(OBJECT_ON_SCREEN, ["ann:demo-gt", []])
     assert target is not None
     page.mouse.click(target["x"], target["y"])
     page.wait_for_selector("[data-testid=info]:not([hidden])")
@@ -274,8 +275,12 @@ def test_correct_results_and_export(page: Any, app_url: str, e2e_home: dict[str,
     )
     # Correction objects are drawn by Annotorious as well: hide the reference to click them.
     page.locator("[data-testid='layer-ann:demo-gt']").uncheck()
-    for action, skip in (("accept", 0), ("reject", 1), ("relabel", 2)):
-        target = page.evaluate(OBJECT_ON_SCREEN, [layer, skip])
+    # Three different objects (the first on screen not yet used: an index into the list could
+    # name the same object twice when the first ones lie off screen).
+    used: list[Any] = []
+    for action in ("accept", "reject", "relabel"):
+        target = page.evaluate(OBJECT_ON_SCREEN, [layer, used])
+        used.append(target["id"])
         page.mouse.click(target["x"], target["y"])
         page.wait_for_selector("#correct-actions:not([hidden])")
         if action == "relabel":
