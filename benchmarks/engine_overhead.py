@@ -5,9 +5,8 @@ pass them through the same number of actor-pool stages with the same resources; 
 nothing. What differs is what the engine adds around the units: the unit wrapper
 (:class:`~pathray.engine.stages.UnitStage`: key columns, tile markers, per-unit progress
 reports), the staging of every tile to Parquet with deterministic keys (in the last unit's
-actors), and, for
-the whole run, planning (tissue mask, tile grid), the catalog records, the commit to Lance and
-the result locations.
+actors), and, for the whole run, planning (tissue mask, tile grid), the catalog records, the
+commit to Lance and the result locations.
 
 Three figures (each the median of ``--repeat`` passes, the passes interleaved so load drifts
 hit both sides alike):

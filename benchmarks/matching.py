@@ -30,8 +30,8 @@ import numpy as np
 import shapely
 
 from benchmarks.common import machine_info, print_table, write_result
-from pathray.evaluate.matching import Matching, _threads, make_valid, match_by_iou
-from pathray.evaluate.overlap import Rings, geos_intersection_areas, intersection_areas
+from pathray.evaluate.matching import Matching, _threads, match_by_iou
+from pathray.evaluate.overlap import Rings, geos_intersection_areas, intersection_areas, make_valid
 
 SPACING = 24.0
 VERTICES = 24
@@ -131,7 +131,6 @@ def profile_phases(pred: np.ndarray, ref: np.ndarray, threads: int) -> dict[str,
         (time.perf_counter() - start) * len(a) / max(k, 1)
     )
     out["kernel vs GEOS max |difference| (px^2)"] = float(np.abs(ours[:k] - geos).max(initial=0))
-    return out
     return out
 
 

@@ -44,7 +44,7 @@ from scipy.spatial import cKDTree
 
 from pathray.errors import ConfigError
 from pathray.evaluate.assignment import max_matching
-from pathray.evaluate.overlap import Rings, intersection_areas
+from pathray.evaluate.overlap import Rings, intersection_areas, make_valid
 
 #: Anything accepted as a collection of geometries: a sequence or an object array of them.
 Geometries = Sequence[shapely.Geometry | None] | NDArray[np.object_]
@@ -246,23 +246,6 @@ def match_by_distance(
     return _assign(pi, ri, closeness, dist, len(p), len(r), "distance")
 
 
-def make_valid(geoms: NDArray[np.object_]) -> NDArray[np.object_]:
-    """``geoms`` with its invalid geometries made valid (a copy only when one was invalid).
-
-    Example:
-        >>> from shapely.geometry import Polygon
-        >>> bowtie = Polygon([(0, 0), (2, 2), (2, 0), (0, 2)])
-        >>> make_valid(np.array([bowtie], dtype=object))[0].area
-        2.0
-    """
-    bad = ~shapely.is_valid(geoms) & ~shapely.is_missing(geoms)
-    if not bad.any():
-        return geoms
-    out = geoms.copy()
-    out[bad] = shapely.make_valid(geoms[bad])
-    return out
-
-
 def as_points(points: ArrayLike | Geometries) -> NDArray[np.float64]:
     """Return points as an ``(N, 2)`` float array; geometries are replaced by their centroids.
 
@@ -367,13 +350,8 @@ def _pieces(arr: NDArray[np.object_], size: int) -> list[NDArray[np.object_]]:
 
 def _rings(pool: ThreadPoolExecutor, geoms: NDArray[np.object_], threads: int) -> Rings:
     """:meth:`Rings.from_geometries` of ``geoms``, the pieces flattened on the pool's threads."""
-    parts = list(pool.map(Rings.from_geometries, _pieces(geoms, -(-len(geoms) // threads))))
-    shift = np.cumsum([0] + [len(part.xy) for part in parts[:-1]])
-    return Rings(
-        np.concatenate([part.xy for part in parts]),
-        np.concatenate([part.start + k for part, k in zip(parts, shift, strict=True)]),
-        np.concatenate([part.count for part in parts]),
-    )
+    parts = pool.map(Rings.from_geometries, _pieces(geoms, -(-len(geoms) // threads)))
+    return Rings.concatenate(list(parts))
 
 
 def _assign(

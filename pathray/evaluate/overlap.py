@@ -103,6 +103,23 @@ class Rings:
         count[idx] = kept
         return cls(xy, start, count)
 
+    @classmethod
+    def concatenate(cls, parts: list[Rings]) -> Rings:
+        """The rings of several consecutive pieces of one array, as one :class:`Rings`.
+
+        Example:
+            >>> from shapely.geometry import box
+            >>> one = Rings.from_geometries(np.array([box(0, 0, 1, 1)], dtype=object))
+            >>> Rings.concatenate([one, one]).start.tolist()
+            [0, 5]
+        """
+        shift = np.cumsum([0] + [len(part.xy) for part in parts[:-1]])
+        return cls(
+            np.concatenate([part.xy for part in parts]),
+            np.concatenate([part.start + k for part, k in zip(parts, shift, strict=True)]),
+            np.concatenate([part.count for part in parts]),
+        )
+
 
 def intersection_areas(
     a: NDArray[np.object_],
@@ -164,11 +181,27 @@ def geos_intersection_areas(a: NDArray[np.object_], b: NDArray[np.object_]) -> N
     try:
         return np.asarray(shapely.area(shapely.intersection(a, b)), dtype=np.float64)
     except shapely.errors.GEOSException:
-        a = np.where(shapely.is_valid(a), a, shapely.make_valid(a))
-        b = np.where(shapely.is_valid(b), b, shapely.make_valid(b))
+        a, b = make_valid(a), make_valid(b)
         return np.asarray(
             shapely.area(shapely.intersection(a, b, grid_size=1.0 / 1024)), dtype=np.float64
         )
+
+
+def make_valid(geoms: NDArray[np.object_]) -> NDArray[np.object_]:
+    """``geoms`` with its invalid geometries made valid (a copy only when one was invalid).
+
+    Example:
+        >>> from shapely.geometry import Polygon
+        >>> bowtie = Polygon([(0, 0), (2, 2), (2, 0), (0, 2)])
+        >>> make_valid(np.array([bowtie], dtype=object))[0].area
+        2.0
+    """
+    bad = ~shapely.is_valid(geoms) & ~shapely.is_missing(geoms)
+    if not bad.any():
+        return geoms
+    out = geoms.copy()
+    out[bad] = shapely.make_valid(geoms[bad])
+    return out
 
 
 # --- compiled kernels -----------------------------------------------------------------------

@@ -34,8 +34,8 @@ from pathray.evaluate.matching import (
     _pieces,
     _threads,
     as_geometry_array,
-    make_valid,
 )
+from pathray.evaluate.overlap import make_valid
 
 _INT = np.int64
 
@@ -105,7 +105,7 @@ def iou_pairs(
 ) -> IoUPairs:
     """Every (pred, ref) pair whose IoU is at least ``min_iou``, and all areas.
 
-    Invalid geometries are repaired first (:func:`~pathray.evaluate.matching.make_valid`),
+    Invalid geometries are repaired first (:func:`~pathray.evaluate.overlap.make_valid`),
     so areas and intersections agree.
 
     Args:
