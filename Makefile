@@ -20,7 +20,8 @@ demo: setup
 
 test: setup-test
 	@scripts/ensure-postgres.sh
-	$(PY) -m pytest $(PYTEST_ARGS)
+	@# A native crash (in a test or at exit) prints every thread's Python stack.
+	PYTHONFAULTHANDLER=1 $(PY) -m pytest $(PYTEST_ARGS)
 
 lint: setup-test
 	$(VENV)/bin/ruff check .

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import uuid
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
@@ -11,6 +12,19 @@ import pytest
 
 if TYPE_CHECKING:
     from pathray.catalog import Catalog
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Stop the local Ray that engine tests started in this process, while pytest still runs.
+
+    Left to Ray's ``atexit`` hook, the shutdown runs during interpreter finalisation, next to
+    the teardown of every other native library's threads (Lance, torch, numba); one CI run
+    crashed there after all tests had passed.
+    """
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
+
 
 # =============================================================================================
 # catalog fixtures (owner: pathray/catalog)

@@ -31,17 +31,35 @@ PAINTED = """() => {
 
 # The screen position (page pixels) of a polygon of a layer, with its id and label.
 OBJECT_ON_SCREEN = """([layerId, exclude]) => {
+  // A point of an on-screen polygon that lies inside it and inside no other polygon of the
+  // layer, so that a click there picks that object and no other (a ring's vertex mean can fall
+  // outside a concave nucleus, or inside its neighbour).
+  const inside = (ring, x, y) => {
+    let hit = false;
+    for (let i = 0, j = ring.length - 1; i < ring.length; j = i++) {
+      const [xi, yi] = ring[i], [xj, yj] = ring[j];
+      if ((yi > y) !== (yj > y) && x < ((xj - xi) * (y - yi)) / (yj - yi) + xi) hit = !hit;
+    }
+    return hit;
+  };
   const layer = window.pathrayLayers.get(layerId);
-  const polys = layer.data.features.filter((f) => f.geometry.type === 'Polygon'
-      && !exclude.includes(f.id)
+  const all = layer.data.features.filter((f) => f.geometry.type === 'Polygon');
+  const polys = all.filter((f) => !exclude.includes(f.id)
       && !(f.properties.provenance && f.properties.provenance.status === 'rejected'));
   const rect = window.pathrayViewer.element.getBoundingClientRect();
   for (const f of polys) {
     const ring = f.geometry.coordinates[0];
-    const cx = ring.reduce((a, p) => a + p[0], 0) / ring.length;
-    const cy = ring.reduce((a, p) => a + p[1], 0) / ring.length;
+    const xs = ring.map((p) => p[0]), ys = ring.map((p) => p[1]);
+    const [x0, x1, y0, y1] = [Math.min(...xs), Math.max(...xs), Math.min(...ys), Math.max(...ys)];
+    const candidates = [[xs.reduce((a, b) => a + b, 0) / xs.length,
+                         ys.reduce((a, b) => a + b, 0) / ys.length]];
+    for (let i = 1; i < 8; i++)
+      for (let j = 1; j < 8; j++) candidates.push([x0 + (x1 - x0) * i / 8, y0 + (y1 - y0) * j / 8]);
+    const spot = candidates.find(([x, y]) => inside(ring, x, y)
+        && !all.some((g) => g !== f && inside(g.geometry.coordinates[0], x, y)));
+    if (!spot) continue;
     const p = window.pathrayViewer.viewport.imageToViewerElementCoordinates(
-        new OpenSeadragon.Point(cx, cy));
+        new OpenSeadragon.Point(spot[0], spot[1]));
     if (p.x > 20 && p.y > 20 && p.x < rect.width - 220 && p.y < rect.height - 220)
       return {x: rect.left + p.x, y: rect.top + p.y, id: f.id, label: f.properties.label};
   }
@@ -282,6 +300,13 @@ def test_correct_results_and_export(page: Any, app_url: str, e2e_home: dict[str,
         target = page.evaluate(OBJECT_ON_SCREEN, [layer, used])
         used.append(target["id"])
         page.mouse.click(target["x"], target["y"])
+        # The click picked the intended object (a wrong pick would move a decision elsewhere).
+        page.wait_for_function(
+            "(id) => !document.getElementById('info').hidden"
+            " && document.getElementById('info').dataset.objectId === id",
+            arg=str(target["id"]),
+            timeout=15_000,
+        )
         page.wait_for_selector("#correct-actions:not([hidden])")
         if action == "relabel":
             other = next(x for x in ("stroma", "tumor") if x != target["label"])
