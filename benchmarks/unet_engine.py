@@ -10,12 +10,15 @@ the sigmoid of its foreground map and threshold it at 0.5, and keep the foregrou
   ``postproc`` thresholds it), an ``IOSegmentorConfig`` of ``--tile`` px patches with a stride of
   ``--tile`` at 0.5 mpp, ``--batch`` patches per batch and ``--tia-workers`` DataLoader workers;
   its output is the merged whole-slide mask in a Zarr store (TIAToolbox's default WSI output).
-  TIAToolbox's default ``torch.compile`` is off (``--tia-compile default`` turns it on), so both
-  engines run the same eager model; only the engines differ.
+  TIAToolbox's default ``torch.compile`` is off (``--tia-compile default`` turns it on). It
+  runs the trained module as loaded, as its users do; ``--tia-model inference`` hands it
+  PathRay's inference copy instead (:func:`~pathray.units.trainable.inference_module`), which
+  separates what the engine gains from what the model rewrite gains.
 - **pathray**: :func:`~pathray.engine.runner.run_pipeline` on a local Ray of ``--cpus`` CPUs with
   a one-node pipeline: :class:`UNetForeground`, the nucleus U-Net unit
   (:class:`~pipelines.nuclei.unet.NucleusUNet`: same model loading, same batch size, same
-  declared resources) with the foreground mask as its output instead of the nucleus instances.
+  declared resources, and its inference copy of the module: BatchNorm folded, channels_last)
+  with the foreground mask as its output instead of the nucleus instances.
   The model goes through the model registry (``model: unet-bench@1``, an artifact in the
   content-addressed store) as any model does; the output is committed to the cold store
   (Lance): per tile the foreground fraction and the mask as packed bits.
@@ -286,7 +289,12 @@ def _tia_child(params: dict[str, Any], queue: Any) -> None:
         tile, device = params["tile"], params["device"]
         net = build_unet(tuple(params["channels"]))
         net.load_state_dict(torch.load(Path(params["model"]) / "model.pt", weights_only=True))
-        model = _tia_model_class()(net.eval())
+        net = net.eval()
+        if params["tia_model"] == "inference":  # PathRay's inference copy, for the record
+            from pathray.units.trainable import inference_module
+
+            net = inference_module(net)
+        model = _tia_model_class()(net)
         engine = SemanticSegmentor(
             model=model,
             batch_size=params["batch"],
@@ -412,6 +420,7 @@ def _pathray_child(params: dict[str, Any], queue: Any) -> None:
                 "progress": stamps,
                 "output": str(store.uri(result.run_id, "tiles")),
                 "unit_cpus": cpus,
+                "phases": result.phases,
             }
         )
     except BaseException:
@@ -596,6 +605,13 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         help="TIAToolbox's torch_compile_mode ('disable', or its default 'default')",
     )
     parser.add_argument(
+        "--tia-model",
+        choices=("eager", "inference"),
+        default="eager",
+        help="the module TIAToolbox runs: the trained one as loaded (its users' path) or "
+        "PathRay's inference copy (BatchNorm folded, channels_last), to separate engine from model",
+    )
+    parser.add_argument(
         "--unit-cpus", type=float, default=None, help="CPUs per U-Net actor (default: the unit's)"
     )
     parser.add_argument("--device", default="cpu", help="torch device of both engines (cuda)")
@@ -654,6 +670,7 @@ def main(argv: list[str] | None = None) -> int:
         "cpus": args.cpus,
         "tia_workers": args.tia_workers,
         "tia_compile": args.tia_compile,
+        "tia_model": args.tia_model,
         "unit_cpus": args.unit_cpus,
         "device": args.device,
         "min_tissue": args.min_tissue,
@@ -674,7 +691,14 @@ def main(argv: list[str] | None = None) -> int:
                     f"  run {rep + 1} {engine:10s} {result['tiles']} tiles: start-up "
                     f"{result['startup_s']:.1f} s, run {result['run_s']:.1f} s, "
                     f"{result['tiles'] / result['run_s']:.1f} tiles/s, peak PSS "
-                    f"{result['peak_pss_run_mib']:.0f} MiB",
+                    f"{result['peak_pss_run_mib']:.0f} MiB"
+                    + (
+                        " ("
+                        + ", ".join(f"{k} {v:.1f} s" for k, v in result["phases"].items())
+                        + ")"
+                        if result.get("phases")
+                        else ""
+                    ),
                     flush=True,
                 )
             if rep == 0:

@@ -53,6 +53,10 @@ class RunResult:
         problems: Slides skipped, with the reason.
         seconds: Wall time of the run.
         tiles_processed: Tiles processed by this call (fewer than planned on a resume).
+        phases: Seconds spent in each phase of this call: ``plan`` (models, Ray, tiles),
+            ``first_batch`` (from the plan to the first batch out: actor start, model load),
+            ``stream`` (the remaining batches) and ``commit``; also kept in the run's
+            progress document.
     """
 
     run_id: str
@@ -61,6 +65,7 @@ class RunResult:
     problems: dict[int, str] = field(default_factory=dict)
     seconds: float = 0.0
     tiles_processed: int = 0
+    phases: dict[str, float] = field(default_factory=dict)
 
 
 def code_version() -> str:
@@ -123,13 +128,17 @@ def _stage_resources(
 
     Actors hold their CPUs while idle, so on a small machine the declared CPUs are scaled down
     until the first actor of every stage fits beside one read task (else the pipeline would wait
-    forever for a read slot).
+    forever for a read slot). Where the budget cannot hold a second actor of every stage, the
+    declared CPUs are scaled *up* to fill it instead: one actor per stage then uses the whole
+    machine (its threads follow its CPUs, see :class:`~pathray.engine.stages.UnitStage`) rather
+    than leaving the CPUs a second actor could not take idle. On 2 CPUs a one-unit U-Net
+    pipeline so runs its actor on 1.5 CPUs (2 threads) beside a 0.5-CPU read task.
     """
     total, gpus = cluster_cpus(), cluster_gpus()
     read_cpus = min(1.0, total * 0.25)
     budget = total - read_cpus
     declared = sum(cls.resources.num_cpus for _, cls in order)
-    scale = min(1.0, budget / declared) if declared > 0 else 1.0
+    scale = budget / declared if declared > 0 and budget < 2 * declared else 1.0
     stages = []
     for _, cls in order:
         cpus = cls.resources.num_cpus * scale
@@ -346,6 +355,7 @@ def execute_run(
             + (f"; {done} already done" if done else "")
         )
         tracker.sync(None)
+        tracker.phase("plan", start)
         processed, cancelled = 0, False
         if pending.num_rows:
             monitor = RunMonitor.options(name=monitor_name(run_id)).remote()  # type: ignore[attr-defined]
@@ -355,6 +365,8 @@ def execute_run(
             batches = dataset.iter_batches(batch_size=None, batch_format="numpy")
             last_sync = time.monotonic()
             for batch in batches:
+                if "first_batch" not in tracker.phases:
+                    tracker.phase("first_batch")
                 n = int(pc.sum(pa.array(batch["tiles"])).as_py() or 0)
                 processed += n
                 tracker.done += n
@@ -369,6 +381,7 @@ def execute_run(
             close = getattr(batches, "close", None)
             if close is not None:
                 close()  # stops the streaming executor when we left early
+            tracker.phase("stream")
             tracker.sync(monitor)
         if cancelled:
             tracker.event(
@@ -382,9 +395,11 @@ def execute_run(
                 problems=plan.problems,
                 seconds=time.perf_counter() - start,
                 tiles_processed=processed,
+                phases=tracker.phases,
             )
         counts = store.finalize(run_id)
         _record_locations(catalog, store, run_id, order, spec, counts)
+        tracker.phase("commit")
         n_objects = sum(c.get("objects", 0) for c in counts.values())
         tracker.event(
             f"succeeded: {total} tiles, {n_objects} objects in {time.perf_counter() - start:.1f} s"
@@ -413,6 +428,7 @@ def execute_run(
         problems=plan.problems,
         seconds=time.perf_counter() - start,
         tiles_processed=processed,
+        phases=tracker.phases,
     )
 
 
@@ -427,10 +443,20 @@ class _Tracker:
         self.units: dict[str, dict[str, int]] = {
             node: {"tiles_total": total, "tiles_done": done, "objects": 0} for node in nodes
         }
+        self.phases: dict[str, float] = {}
+        self._phase_start = time.perf_counter()
+
+    def phase(self, name: str, since: float | None = None) -> None:
+        """Record that phase ``name`` ended now (it began at ``since`` or the last phase's end)."""
+        now = time.perf_counter()
+        begun = self._phase_start if since is None else since
+        self.phases[name] = round(now - begun, 3)
+        self._phase_start = now
 
     def document(self) -> dict[str, Any]:
         """The run's progress document."""
-        return {"tiles_total": self.total, "tiles_done": self.done, "units": self.units}
+        doc = {"tiles_total": self.total, "tiles_done": self.done, "units": self.units}
+        return {**doc, "phases": dict(self.phases)} if self.phases else doc
 
     def event(self, message: str, level: str = "info") -> None:
         """Record a driver event."""

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +58,29 @@ def _empty_like(values: np.ndarray, n: int) -> np.ndarray:
 def _concat(parts: list[Batch]) -> Batch:
     names = [name for name in parts[0] if all(name in p for p in parts)]
     return {name: np.concatenate([np.asarray(p[name]) for p in parts]) for name in names}
+
+
+def _use_assigned_cpus() -> int | None:
+    """Threads for this actor's native libraries: its assigned CPUs, rounded up.
+
+    Ray sets ``OMP_NUM_THREADS`` to 1 for any fractional share, so an actor given 1.5 CPUs would
+    compute on one core; the engine hands out such shares on purpose (see
+    :func:`~pathray.engine.runner._stage_resources`) and the read tasks beside it are light.
+
+    Returns:
+        The thread count set in ``OMP_NUM_THREADS``, or None outside a Ray actor.
+    """
+    if not ray.is_initialized():
+        return None
+    try:
+        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 0.0)
+    except AssertionError:  # a driver (a unit run in-process): nothing assigned
+        return None
+    if cpus <= 0:
+        return None
+    threads = max(1, math.ceil(cpus - 1e-6))
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    return threads
 
 
 class UnitStage:
@@ -97,7 +122,10 @@ class UnitStage:
                 gpus = context.get_accelerator_ids().get("GPU") or []
                 where += f", node {context.get_node_id()[:8]}, GPUs {gpus or 'none'}"
             log.info("unit %s starting (%s)", cls.name, where)
+        threads = _use_assigned_cpus()
         self.unit: Unit = cls(config, artifacts)
+        if threads and "torch" in sys.modules:  # imported before the stage read the variable
+            sys.modules["torch"].set_num_threads(threads)
         self.emits = cls.emits_objects()
         self.tile_columns = tile_columns
         self.writer = WriteStage(**write) if write is not None else None

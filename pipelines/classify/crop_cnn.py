@@ -38,6 +38,7 @@ from pathray.units.base import PARENT_INDEX, Batch, Column, Resources
 from pathray.units.trainable import (
     TorchConfig,
     TrainableUnit,
+    cached_inference_module,
     resolve_device,
     seeded_torch,
     train_torch,
@@ -328,9 +329,10 @@ class NucleusCropCNN(TrainableUnit):
 
         self.check_fitted()
         out = np.zeros((len(crops), len(self.classes_)), np.float32)
+        model = cached_inference_module(self)
         with torch.inference_mode():
             for i in range(0, len(crops), 64):
-                logits = self.model_(self._to_tensor(crops[i : i + 64]).to(self._device))
+                logits = model(self._to_tensor(crops[i : i + 64]).to(self._device))
                 out[i : i + 64] = torch.softmax(logits, dim=1).cpu().numpy()
         return out
 

@@ -29,7 +29,13 @@ from pydantic import Field, field_validator, model_validator
 
 from pathray.errors import ConfigError
 from pathray.units.base import Batch, Column
-from pathray.units.trainable import TorchConfig, TrainableUnit, resolve_device, seeded_torch
+from pathray.units.trainable import (
+    TorchConfig,
+    TrainableUnit,
+    cached_inference_module,
+    resolve_device,
+    seeded_torch,
+)
 from pipelines.classify.label_space import LabelSpace
 from pipelines.classify.multihead_train import (
     DatasetSampler,
@@ -295,9 +301,10 @@ class MultiHeadBase(TrainableUnit):
         self.check_fitted()
         inputs = self._inputs(X, fitting=False)
         out = np.zeros((len(inputs), self.label_space_.size), np.float32)
+        model = cached_inference_module(self)
         with torch.inference_mode():
             for i in range(0, len(inputs), _CHUNK):
-                logits = self.model_(self._tensor(inputs[i : i + _CHUNK]).to(self._device))
+                logits = model(self._tensor(inputs[i : i + _CHUNK]).to(self._device))
                 out[i : i + _CHUNK] = logits.float().cpu().numpy()
         return out
 

@@ -48,6 +48,7 @@ from pathray.units.base import Batch, Resources
 from pathray.units.trainable import (
     TorchConfig,
     TrainableUnit,
+    cached_inference_module,
     resolve_device,
     seeded_torch,
     train_torch,
@@ -335,9 +336,10 @@ class NucleusUNet(LabelImageTraining, TrainableUnit):
             else:
                 images = np.pad(images, widths, mode="edge")
         out = np.zeros((n, 2, height, width), np.float32)
+        model = cached_inference_module(self)
         with torch.inference_mode():
             for i in range(0, n, 4):
-                logits = self.model_(to_tensor(images[i : i + 4]).to(self._device))
+                logits = model(to_tensor(images[i : i + 4]).to(self._device))
                 prob = torch.sigmoid(logits)[:, :, :height, :width]
                 out[i : i + 4] = prob.cpu().numpy()
         return out

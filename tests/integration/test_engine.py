@@ -64,6 +64,11 @@ def test_run_end_to_end(env: dict[str, object]) -> None:
     # the run and the slide <-> unit <-> location map are in the catalog
     run = catalog.get_run(result.run_id)
     assert run.status == "succeeded" and run.progress["tiles_done"] == tiles.num_rows
+    # where the time went, phase by phase, adding up to the run's wall time
+    phases = run.progress["phases"]
+    assert list(phases) == ["plan", "first_batch", "stream", "commit"] and phases == result.phases
+    assert all(v >= 0 for v in phases.values()) and phases["first_batch"] > 0
+    assert abs(sum(phases.values()) - result.seconds) < 0.05 * result.seconds + 0.1
     locations = catalog.result_locations(run_id=result.run_id)
     assert {(loc.unit_name, loc.kind) for loc in locations} == {
         ("tissue", "tiles"),

@@ -1,0 +1,59 @@
+"""The inference copy of a torch model: same outputs, folded layers, rebuilt when trained."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import torch
+
+from pathray.units.trainable import cached_inference_module, inference_module
+from pipelines.nuclei.unet import build_unet
+
+
+def _unet() -> torch.nn.Module:
+    torch.manual_seed(0)
+    net = build_unet((8, 16, 32))
+    for module in net.modules():  # statistics far from the identity, so folding matters
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+            module.weight.data.uniform_(0.5, 1.5)
+    return net.eval()
+
+
+def test_the_inference_copy_gives_the_eager_outputs_without_batch_norms() -> None:
+    net = _unet()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    fast = inference_module(net)
+    x = torch.rand(3, 3, 64, 64)
+    with torch.inference_mode():
+        want, got = net(x), fast(x)
+        # A (N, H, W, C) batch permuted to NCHW, as the units feed it.
+        nhwc = fast(x.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2))
+    assert torch.allclose(got, want, atol=1e-5)
+    assert torch.allclose(nhwc, want, atol=1e-5)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+
+
+def test_a_module_in_training_mode_keeps_its_batch_norms() -> None:
+    net = _unet().train()
+    fast = inference_module(net)
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())
+
+
+def test_the_cached_copy_follows_training_steps_and_new_models() -> None:
+    unit = SimpleNamespace(model_=_unet())
+    first = cached_inference_module(unit)
+    assert cached_inference_module(unit) is first
+    with torch.no_grad():  # an optimiser step: parameters changed in place
+        next(unit.model_.parameters()).add_(0.1)
+    second = cached_inference_module(unit)
+    assert second is not first
+    x = torch.rand(1, 3, 32, 32)
+    with torch.inference_mode():
+        assert torch.allclose(second(x), unit.model_(x), atol=1e-5)
+        assert not torch.allclose(first(x), unit.model_(x), atol=1e-5)
+    unit.model_ = _unet()
+    assert cached_inference_module(unit) is not second
