@@ -52,6 +52,12 @@ def cluster_cpus() -> float:
     return float(ray.cluster_resources().get("CPU", 1.0))
 
 
+def largest_node_cpus() -> float:
+    """CPUs of the cluster's largest live node: the most one actor can be given."""
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    return max((float(n["Resources"].get("CPU", 0.0)) for n in nodes), default=cluster_cpus())
+
+
 def cluster_gpus() -> float:
     """GPUs of the Ray cluster (0 on CPU-only machines such as CI)."""
     return float(ray.cluster_resources().get("GPU", 0.0))

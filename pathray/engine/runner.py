@@ -25,7 +25,7 @@ import ray
 
 from pathray import __version__
 from pathray.catalog import Catalog
-from pathray.engine.cluster import cluster_cpus, cluster_gpus, ensure_ray
+from pathray.engine.cluster import cluster_cpus, cluster_gpus, ensure_ray, largest_node_cpus
 from pathray.engine.lineage import register_lineage
 from pathray.engine.models import ResolvedModel, resolve_models
 from pathray.engine.monitor import RunMonitor, monitor_name
@@ -131,17 +131,21 @@ def _stage_resources(
     forever for a read slot). Where the budget cannot hold a second actor of every stage, the
     declared CPUs are scaled *up* to fill it instead: one actor per stage then uses the whole
     machine (its threads follow its CPUs, see :class:`~pathray.engine.stages.UnitStage`) rather
-    than leaving the CPUs a second actor could not take idle. On 2 CPUs a one-unit U-Net
-    pipeline so runs its actor on 1.5 CPUs (2 threads) beside a 0.5-CPU read task.
+    than leaving the CPUs a second actor could not take idle, though never beyond what the
+    largest node holds beside a read task. On 2 CPUs a one-unit U-Net pipeline so runs its
+    actor on 1.5 CPUs (2 threads) beside a 0.5-CPU read task.
     """
     total, gpus = cluster_cpus(), cluster_gpus()
     read_cpus = min(1.0, total * 0.25)
     budget = total - read_cpus
     declared = sum(cls.resources.num_cpus for _, cls in order)
     scale = budget / declared if declared > 0 and budget < 2 * declared else 1.0
+    # A share scaled up must still fit one node (with a read task), or the actor never starts.
+    node_cap = largest_node_cpus() - read_cpus if scale > 1 else float("inf")
     stages = []
     for _, cls in order:
-        cpus = cls.resources.num_cpus * scale
+        declared_cpus = cls.resources.num_cpus
+        cpus = max(declared_cpus, min(declared_cpus * scale, node_cap))
         stage: dict[str, Any] = {
             "num_cpus": cpus,
             "compute": ray.data.ActorPoolStrategy(
@@ -348,14 +352,14 @@ def execute_run(
         plan = plan_run(catalog, slide_ids, spec.tiling)
         pending = _pending(plan, store, run_id)
         total, done = plan.refs.num_rows, plan.refs.num_rows - pending.num_rows
-        tracker = _Tracker(catalog, run_id, [node.id for node in order], total, done)
+        tracker = _Tracker(catalog, run_id, [node.id for node in order], total, done, start)
         tracker.event(
             f"planned {total} tiles on {len(slide_ids) - len(plan.problems)} slides"
             + (f" ({len(plan.problems)} skipped)" if plan.problems else "")
             + (f"; {done} already done" if done else "")
         )
         tracker.sync(None)
-        tracker.phase("plan", start)
+        tracker.phase("plan")
         processed, cancelled = 0, False
         if pending.num_rows:
             monitor = RunMonitor.options(name=monitor_name(run_id)).remote()  # type: ignore[attr-defined]
@@ -436,7 +440,13 @@ class _Tracker:
     """The driver's view of a run's progress, written to the catalog on each sync."""
 
     def __init__(
-        self, catalog: Catalog, run_id: str, nodes: list[str], total: int, done: int
+        self,
+        catalog: Catalog,
+        run_id: str,
+        nodes: list[str],
+        total: int,
+        done: int,
+        started: float,
     ) -> None:
         self.catalog, self.run_id, self.total, self.done = catalog, run_id, total, done
         self.base = done  # tiles done before this call (a resume)
@@ -444,19 +454,22 @@ class _Tracker:
             node: {"tiles_total": total, "tiles_done": done, "objects": 0} for node in nodes
         }
         self.phases: dict[str, float] = {}
-        self._phase_start = time.perf_counter()
+        self._phase_start = started  # perf_counter() when the run's call began
 
-    def phase(self, name: str, since: float | None = None) -> None:
-        """Record that phase ``name`` ended now (it began at ``since`` or the last phase's end)."""
+    def phase(self, name: str) -> None:
+        """Record that phase ``name`` (begun when the previous one ended) ends now."""
         now = time.perf_counter()
-        begun = self._phase_start if since is None else since
-        self.phases[name] = round(now - begun, 3)
+        self.phases[name] = round(now - self._phase_start, 3)
         self._phase_start = now
 
     def document(self) -> dict[str, Any]:
         """The run's progress document."""
-        doc = {"tiles_total": self.total, "tiles_done": self.done, "units": self.units}
-        return {**doc, "phases": dict(self.phases)} if self.phases else doc
+        return {
+            "tiles_total": self.total,
+            "tiles_done": self.done,
+            "units": self.units,
+            "phases": dict(self.phases),
+        }
 
     def event(self, message: str, level: str = "info") -> None:
         """Record a driver event."""

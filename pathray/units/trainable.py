@@ -382,7 +382,7 @@ def inference_module(model: Any) -> Any:
 
     try:
         # Folding needs eval-mode statistics; a module in training mode keeps its layers.
-        fast = fuse(model) if not model.training else copy.deepcopy(model)
+        fast = copy.deepcopy(model) if model.training else fuse(model)
     except Exception:  # data-dependent control flow (not traceable): keep the layers
         fast = copy.deepcopy(model)
     # Module.to takes memory_format (documented; missing from its type stubs).
