@@ -13,17 +13,36 @@ import pytest
 if TYPE_CHECKING:
     from pathray.catalog import Catalog
 
+#: The session's exit status, kept from ``pytest_sessionfinish`` for ``pytest_unconfigure``.
+_EXIT_STATUS = pytest.StashKey[int]()
+
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Stop the local Ray that engine tests started in this process, while pytest still runs.
 
     Left to Ray's ``atexit`` hook, the shutdown runs during interpreter finalisation, next to
-    the teardown of every other native library's threads (Lance, torch, numba); one CI run
-    crashed there after all tests had passed.
+    the teardown of every other native library's threads (Lance, torch, numba).
     """
+    session.config.stash[_EXIT_STATUS] = int(exitstatus)
     ray = sys.modules.get("ray")
     if ray is not None and ray.is_initialized():
         ray.shutdown()
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Leave without interpreter finalisation once every result is reported and written.
+
+    Two clean-clone runs of the whole suite segfaulted after the summary line, with no Python
+    frame even under the fault handler: a native library's teardown, not a test (the test
+    folders run alone exit cleanly). The suite's verdict is final here, so the process exits
+    with it directly.
+    """
+    status = config.stash.get(_EXIT_STATUS, None)
+    if status is not None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
 
 
 # =============================================================================================
