@@ -551,11 +551,13 @@
         body: JSON.stringify(body),
       });
       if (action === "reject") { if (anno) anno.removeAnnotation(String(id)); $("info").hidden = true; }
-      status(`${action}: object ${id}`);
       await loadEditable(false);
+      // Refresh the object's info only if it is still the one shown: the user may have picked
+      // another while the layer reloaded, and the next action must go to that one.
       const hit = findFeature(editable.id, id);
-      if (hit && action !== "reject") showInfo(hit.layer, hit.f);
+      if (hit && action !== "reject" && $("info").dataset.objectId === String(id)) showInfo(hit.layer, hit.f);
       await summary();
+      status(`${action}: object ${id}`); // after the reload: the action is complete
     } catch (e) { status(e.message, true); }
   }
   for (const a of ["accept", "reject", "relabel"]) $(`c-${a}`).addEventListener("click", () => correct(a));
