@@ -41,6 +41,9 @@ through ``nvidia-smi``. Figures per engine:
 - stream tiles/s: from the first batch done to the last (the first batch not counted);
 - peak PSS during the run (and during start-up).
 
+``--precision bfloat16`` makes both engines infer under ``torch.autocast`` to bfloat16 (the
+torch units' ``precision`` config; fast on GPUs and on CPUs with AMX or AVX-512 BF16).
+
 The two outputs are compared pixel by pixel on every tile (Dice of the foreground masks); a Dice
 below 0.95 means the engines did not compute the same thing and the benchmark exits with 1.
 
@@ -245,6 +248,8 @@ def _tia_model_class() -> Any:
 
         #: perf_counter() after each batch (this process runs the inference loop).
         stamps: list[float] = []
+        #: Autocast to bfloat16 (``--precision bfloat16``), as PathRay's unit does.
+        bfloat16 = False
 
         def __init__(self, net: Any) -> None:
             super().__init__()
@@ -257,9 +262,13 @@ def _tia_model_class() -> Any:
         def infer_batch(model: Any, batch_data: Any, *, device: str) -> np.ndarray:
             model.eval()
             images = batch_data.numpy() if isinstance(batch_data, torch.Tensor) else batch_data
-            with torch.inference_mode():
+            dev = torch.device(device).type
+            with (
+                torch.inference_mode(),
+                torch.autocast(dev, dtype=torch.bfloat16, enabled=TiaUNet.bfloat16),
+            ):
                 logits = model(to_tensor(np.asarray(images)).to(device))
-                prob = torch.sigmoid(logits[:, :1]).permute(0, 2, 3, 1).cpu().numpy()
+                prob = torch.sigmoid(logits[:, :1].float()).permute(0, 2, 3, 1).cpu().numpy()
             TiaUNet.stamps.append(time.perf_counter())
             return prob
 
@@ -295,6 +304,7 @@ def _tia_child(params: dict[str, Any], queue: Any) -> None:
 
             net = inference_module(net)
         model = _tia_model_class()(net)
+        type(model).bfloat16 = params["precision"] == "bfloat16"
         engine = SemanticSegmentor(
             model=model,
             batch_size=params["batch"],
@@ -379,7 +389,11 @@ def _pathray_child(params: dict[str, Any], queue: Any) -> None:
         gpus = 1.0 if params["device"] != "cpu" else 0.0
         cpus = params["unit_cpus"] or Foreground.resources.num_cpus
         Foreground.resources = Resources(num_cpus=cpus, num_gpus=gpus)
-        config = {**read_metadata(params["model"])["config"], "device": params["device"]}
+        config = {
+            **read_metadata(params["model"])["config"],
+            "device": params["device"],
+            "precision": params["precision"],
+        }
         spec = PipelineSpec.model_validate(
             {
                 "name": "unet-engine",
@@ -578,7 +592,7 @@ def report(summary: dict[str, dict[str, float]], args: argparse.Namespace) -> di
     print_table(
         rows,
         title=f"U-Net over a {args.size} px slide at {MPP} um/px, {args.tile} px tiles, batch "
-        f"{args.batch}, device {args.device} (median of {args.repeat})",
+        f"{args.batch}, device {args.device}, {args.precision} (median of {args.repeat})",
     )
     met = ratios["tiles_per_s"] >= GOAL
     print(
@@ -615,6 +629,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         "--unit-cpus", type=float, default=None, help="CPUs per U-Net actor (default: the unit's)"
     )
     parser.add_argument("--device", default="cpu", help="torch device of both engines (cuda)")
+    parser.add_argument(
+        "--precision",
+        choices=("float32", "bfloat16"),
+        default="float32",
+        help="inference arithmetic of both engines (bfloat16: autocast, the units' precision)",
+    )
     parser.add_argument("--repeat", type=int, default=1, help="runs per engine (ABBA order)")
     parser.add_argument("--min-tissue", type=float, default=0.05, help="tissue share of a tile")
     parser.add_argument("--train-iterations", type=int, default=40, help="U-Net training steps")
@@ -650,7 +670,8 @@ def main(argv: list[str] | None = None) -> int:
     machine = machine_info()
     load_start = [round(v, 2) for v in os.getloadavg()]
     print(
-        f"unet_engine: {args.size} px slide, {args.tile} px tiles, device {args.device}\n"
+        f"unet_engine: {args.size} px slide, {args.tile} px tiles, device {args.device}, "
+        f"{args.precision}\n"
         f"machine: {machine['cores']} cores ({machine['cpu_model']}), {machine['memory_gib']} GiB, "
         f"load {load_start}",
         flush=True,
@@ -673,6 +694,7 @@ def main(argv: list[str] | None = None) -> int:
         "tia_model": args.tia_model,
         "unit_cpus": args.unit_cpus,
         "device": args.device,
+        "precision": args.precision,
         "min_tissue": args.min_tissue,
         "channels": list(MODEL_CONFIG["channels"]),
     }

@@ -80,9 +80,14 @@ class TorchConfig(TrainableConfig):
 
     Attributes:
         device: ``"auto"`` (CUDA where present, else CPU), ``"cpu"`` or ``"cuda"``.
+        precision: Arithmetic of inference: ``"float32"``, or ``"bfloat16"`` (autocast: the
+            convolutions and matrix products in bfloat16, several times faster on GPUs and on
+            CPUs with AMX or AVX-512 BF16, with outputs about 1e-2 from float32's). Training
+            always runs in float32.
     """
 
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["float32", "bfloat16"] = "float32"
 
 
 def library_versions() -> dict[str, str]:
@@ -406,6 +411,37 @@ def cached_inference_module(unit: Any) -> Any:
         cached = (model, state, inference_module(model))
         unit.__dict__["_inference_cache"] = cached
     return cached[2]
+
+
+@contextmanager
+def inference_context(unit: Any) -> Iterator[None]:
+    """The block a torch unit infers in: no autograd, and its config's ``precision``.
+
+    Args:
+        unit: A torch unit (``config.precision`` and ``_device`` set).
+
+    Yields:
+        Nothing; inside, ``bfloat16`` units autocast on their device (outputs may then be
+        bfloat16: cast them with ``.float()`` before ``.numpy()``).
+
+    Example:
+        >>> import torch
+        >>> from types import SimpleNamespace
+        >>> unit = SimpleNamespace(config=SimpleNamespace(precision="bfloat16"), _device="cpu")
+        >>> with inference_context(unit):
+        ...     y = torch.nn.Linear(4, 2)(torch.ones(1, 4))
+        >>> y.dtype, y.requires_grad
+        (torch.bfloat16, False)
+    """
+    import torch
+
+    device = torch.device(getattr(unit, "_device", "cpu"))
+    enabled = getattr(unit.config, "precision", "float32") == "bfloat16"
+    with (
+        torch.inference_mode(),
+        torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled),
+    ):
+        yield
 
 
 @contextmanager

@@ -39,6 +39,7 @@ from pathray.units.trainable import (
     TorchConfig,
     TrainableUnit,
     cached_inference_module,
+    inference_context,
     resolve_device,
     seeded_torch,
     train_torch,
@@ -330,10 +331,10 @@ class NucleusCropCNN(TrainableUnit):
         self.check_fitted()
         out = np.zeros((len(crops), len(self.classes_)), np.float32)
         model = cached_inference_module(self)
-        with torch.inference_mode():
+        with inference_context(self):
             for i in range(0, len(crops), 64):
                 logits = model(self._to_tensor(crops[i : i + 64]).to(self._device))
-                out[i : i + 64] = torch.softmax(logits, dim=1).cpu().numpy()
+                out[i : i + 64] = torch.softmax(logits.float(), dim=1).cpu().numpy()
         return out
 
     def __call__(self, batch: Batch) -> Batch:

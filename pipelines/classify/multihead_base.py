@@ -33,6 +33,7 @@ from pathray.units.trainable import (
     TorchConfig,
     TrainableUnit,
     cached_inference_module,
+    inference_context,
     resolve_device,
     seeded_torch,
 )
@@ -296,13 +297,11 @@ class MultiHeadBase(TrainableUnit):
 
     def decision_function(self, X: Any) -> np.ndarray:  # noqa: N803
         """Raw logits of every output, ``(n, label_space_.size)`` float32."""
-        import torch
-
         self.check_fitted()
         inputs = self._inputs(X, fitting=False)
         out = np.zeros((len(inputs), self.label_space_.size), np.float32)
         model = cached_inference_module(self)
-        with torch.inference_mode():
+        with inference_context(self):
             for i in range(0, len(inputs), _CHUNK):
                 logits = model(self._tensor(inputs[i : i + _CHUNK]).to(self._device))
                 out[i : i + _CHUNK] = logits.float().cpu().numpy()

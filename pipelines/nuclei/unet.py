@@ -49,6 +49,7 @@ from pathray.units.trainable import (
     TorchConfig,
     TrainableUnit,
     cached_inference_module,
+    inference_context,
     resolve_device,
     seeded_torch,
     train_torch,
@@ -337,10 +338,10 @@ class NucleusUNet(LabelImageTraining, TrainableUnit):
                 images = np.pad(images, widths, mode="edge")
         out = np.zeros((n, 2, height, width), np.float32)
         model = cached_inference_module(self)
-        with torch.inference_mode():
+        with inference_context(self):
             for i in range(0, n, 4):
                 logits = model(to_tensor(images[i : i + 4]).to(self._device))
-                prob = torch.sigmoid(logits)[:, :, :height, :width]
+                prob = torch.sigmoid(logits.float())[:, :, :height, :width]
                 out[i : i + 4] = prob.cpu().numpy()
         return out
 

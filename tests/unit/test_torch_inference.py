@@ -57,3 +57,22 @@ def test_the_cached_copy_follows_training_steps_and_new_models() -> None:
         assert not torch.allclose(first(x), unit.model_(x), atol=1e-5)
     unit.model_ = _unet()
     assert cached_inference_module(unit) is not second
+
+
+def test_bfloat16_units_autocast_and_agree_with_float32() -> None:
+    import numpy as np
+    import pytest
+
+    from pathray.errors import ConfigError
+    from pipelines.nuclei.unet import NucleusUNet
+
+    config = {"channels": (8, 16, 32), "iterations": 1, "crop_size": 32, "device": "cpu"}
+    fp32, bf16 = NucleusUNet(config), NucleusUNet({**config, "precision": "bfloat16"})
+    bf16.model_ = fp32.model_ = _unet()
+    images = np.random.default_rng(0).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
+    want, got = fp32.predict_maps(images), bf16.predict_maps(images)
+    assert got.dtype == want.dtype == np.float32
+    assert not np.array_equal(got, want)  # it really ran in bfloat16
+    assert np.abs(got - want).max() < 0.05
+    with pytest.raises(ConfigError, match="precision: Input should be 'float32' or 'bfloat16'"):
+        NucleusUNet({**config, "precision": "float16"})
