@@ -38,7 +38,6 @@ from pathray.units.base import PARENT_INDEX, Batch, Column, Resources
 from pathray.units.trainable import (
     TorchConfig,
     TrainableUnit,
-    cached_inference_module,
     inference_context,
     resolve_device,
     seeded_torch,
@@ -330,8 +329,7 @@ class NucleusCropCNN(TrainableUnit):
 
         self.check_fitted()
         out = np.zeros((len(crops), len(self.classes_)), np.float32)
-        model = cached_inference_module(self)
-        with inference_context(self):
+        with inference_context(self) as model:
             for i in range(0, len(crops), 64):
                 logits = model(self._to_tensor(crops[i : i + 64]).to(self._device))
                 out[i : i + 64] = torch.softmax(logits.float(), dim=1).cpu().numpy()

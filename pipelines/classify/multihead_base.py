@@ -32,7 +32,6 @@ from pathray.units.base import Batch, Column
 from pathray.units.trainable import (
     TorchConfig,
     TrainableUnit,
-    cached_inference_module,
     inference_context,
     resolve_device,
     seeded_torch,
@@ -300,8 +299,7 @@ class MultiHeadBase(TrainableUnit):
         self.check_fitted()
         inputs = self._inputs(X, fitting=False)
         out = np.zeros((len(inputs), self.label_space_.size), np.float32)
-        model = cached_inference_module(self)
-        with inference_context(self):
+        with inference_context(self) as model:
             for i in range(0, len(inputs), _CHUNK):
                 logits = model(self._tensor(inputs[i : i + _CHUNK]).to(self._device))
                 out[i : i + _CHUNK] = logits.float().cpu().numpy()

@@ -48,7 +48,6 @@ from pathray.units.base import Batch, Resources
 from pathray.units.trainable import (
     TorchConfig,
     TrainableUnit,
-    cached_inference_module,
     inference_context,
     resolve_device,
     seeded_torch,
@@ -337,8 +336,7 @@ class NucleusUNet(LabelImageTraining, TrainableUnit):
             else:
                 images = np.pad(images, widths, mode="edge")
         out = np.zeros((n, 2, height, width), np.float32)
-        model = cached_inference_module(self)
-        with inference_context(self):
+        with inference_context(self) as model:
             for i in range(0, n, 4):
                 logits = model(to_tensor(images[i : i + 4]).to(self._device))
                 prob = torch.sigmoid(logits.float())[:, :, :height, :width]
