@@ -24,7 +24,7 @@ import ray
 from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
-from pathray.slides.readers import SlideReader, open_reader
+from pathray.slides.readers import SlideReader, open_reader, pixel_buffer
 from pathray.slides.tiling import TILE_REF_SCHEMA
 
 #: Read tasks hold at most this many tiles when there are more than two tasks' worth per read
@@ -51,7 +51,7 @@ def read_tiles(refs: pa.Table, reader: str | None = None) -> dict[str, np.ndarra
     columns = {name: refs.column(name).to_numpy(zero_copy_only=False) for name in _KEY_COLUMNS}
     n = refs.num_rows
     size = int(columns["size"][0]) if n else 0
-    images = np.empty((n, size, size, 3), np.uint8)
+    images = pixel_buffer((n, size, size, 3))
     xs, ys = columns["x"].tolist(), columns["y"].tolist()
     downsamples = columns["downsample"].tolist()
     slides: dict[str, SlideReader] = {}

@@ -48,6 +48,7 @@ from pathray.units.base import Batch, Resources
 from pathray.units.trainable import (
     TorchConfig,
     TrainableUnit,
+    forward_pass_size,
     inference_context,
     resolve_device,
     seeded_torch,
@@ -155,6 +156,10 @@ class UNetConfig(TorchConfig):
         split: How touching nuclei are separated: ``"watershed"`` (distance and the maps) or
             ``"seeds"`` (one seed per core between the predicted borders).
         threshold: Foreground probability above which a pixel is nucleus.
+        infer_batch: Tiles per forward pass of inference (None: sized to the device by
+            :func:`~pathray.units.trainable.forward_pass_size`: the whole call on a GPU, on a
+            CPU as many as keep the first level's feature maps in its caches, one 256 px tile
+            in float32). Training is not affected.
         params: Overrides of :class:`pipelines.nuclei.segment.SegmentParams`.
     """
 
@@ -171,6 +176,7 @@ class UNetConfig(TorchConfig):
     work_mpp: float | None = Field(None, gt=0)
     split: Literal["watershed", "seeds"] = "watershed"
     threshold: float = Field(0.5, gt=0, lt=1)
+    infer_batch: int | None = Field(None, ge=1)
     params: dict[str, float] = Field(default_factory=dict)
 
 
@@ -336,11 +342,13 @@ class NucleusUNet(LabelImageTraining, TrainableUnit):
             else:
                 images = np.pad(images, widths, mode="edge")
         out = np.zeros((n, 2, height, width), np.float32)
+        values = images.shape[1] * images.shape[2] * self.config.channels[0]
+        per_pass = forward_pass_size(self, values, n, self.config.infer_batch)
         with inference_context(self) as model:
-            for i in range(0, n, 4):
-                logits = model(to_tensor(images[i : i + 4]).to(self._device))
+            for i in range(0, n, per_pass):
+                logits = model(to_tensor(images[i : i + per_pass]).to(self._device))
                 prob = torch.sigmoid(logits.float())[:, :, :height, :width]
-                out[i : i + 4] = prob.cpu().numpy()
+                out[i : i + per_pass] = prob.cpu().numpy()
         return out
 
     def __call__(self, batch: Batch) -> Batch:

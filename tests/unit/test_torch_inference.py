@@ -76,3 +76,29 @@ def test_bfloat16_units_autocast_and_agree_with_float32() -> None:
     assert np.abs(got - want).max() < 0.05
     with pytest.raises(ConfigError, match="precision: Input should be 'float32' or 'bfloat16'"):
         NucleusUNet({**config, "precision": "float16"})
+
+
+def test_the_forward_pass_is_sized_to_the_cpu_caches_without_changing_the_maps() -> None:
+    import numpy as np
+
+    from pathray.units.trainable import forward_pass_size
+    from pipelines.nuclei.unet import NucleusUNet
+
+    config = {"channels": (8, 16, 32), "iterations": 1, "crop_size": 32, "device": "cpu"}
+    auto, single, whole = (NucleusUNet({**config, "infer_batch": k}) for k in (None, 1, 5))
+    images = np.random.default_rng(1).integers(0, 256, (5, 256, 256, 3), dtype=np.uint8)
+    passes: dict[str, list[int]] = {}
+    for name, unit in (("auto", auto), ("single", single), ("whole", whole)):
+        unit.model_ = _unet()
+        sizes = passes.setdefault(name, [])
+        cached_inference_module(unit).register_forward_hook(
+            lambda _m, args, _out, sizes=sizes: sizes.append(args[0].shape[0])
+        )
+    want = whole.predict_maps(images)
+    # 256 x 256 x 8 float32 values are 2 MiB: two tiles fill the 4 MiB pass.
+    assert forward_pass_size(auto, 256 * 256 * 8, batch=5) == 2
+    for unit in (auto, single):
+        assert np.allclose(unit.predict_maps(images), want, atol=1e-5)
+    assert passes == {"auto": [2, 2, 1], "single": [1] * 5, "whole": [5]}
+    gpu = SimpleNamespace(config=SimpleNamespace(precision="float32"), _device="cuda")
+    assert forward_pass_size(gpu, 256 * 256 * 8, batch=5) == 5

@@ -1,0 +1,60 @@
+"""How a pipeline's unit stages are fitted to the cluster's CPUs (pure policy, no Ray)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from pathray.engine import runner
+from pathray.units.base import Resources
+
+
+def _units(*resources: Resources) -> list[tuple[Any, type]]:
+    return [(None, type(f"Unit{i}", (), {"resources": r})) for i, r in enumerate(resources)]
+
+
+def _fit(
+    monkeypatch: pytest.MonkeyPatch, cpus: float, gpus: float, *resources: Resources
+) -> tuple[list[dict[str, Any]], float]:
+    monkeypatch.setattr(runner, "cluster_cpus", lambda: cpus)
+    monkeypatch.setattr(runner, "cluster_gpus", lambda: gpus)
+    monkeypatch.setattr(runner, "largest_node_cpus", lambda: cpus)
+    return runner._stage_resources(_units(*resources))
+
+
+def test_two_cpus_run_two_single_threaded_actors_of_one_unit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    stages, read = _fit(monkeypatch, 2.0, 0.0, Resources(num_cpus=1.0))
+    assert read == 0.5
+    (stage,) = stages
+    assert stage["num_cpus"] == 0.75  # two of them fill the 1.5 CPUs beside a read task
+    assert stage["compute"].initial_size == 2
+    assert stage["compute"].max_size == 2
+    assert "num_gpus" not in stage
+
+
+def test_a_budget_below_the_declared_cpus_is_shared_in_proportion(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    stages, _ = _fit(monkeypatch, 2.0, 0.0, Resources(num_cpus=1.0), Resources(num_cpus=2.0))
+    assert [s["num_cpus"] for s in stages] == [0.5, 1.0]  # 1.5 CPUs shared 1:2
+    assert [s["compute"].initial_size for s in stages] == [1, 1]
+
+
+def test_a_gpu_stage_takes_its_share_in_one_actor(monkeypatch: pytest.MonkeyPatch) -> None:
+    stages, _ = _fit(monkeypatch, 2.0, 1.0, Resources(num_cpus=1.0, num_gpus=1.0))
+    (stage,) = stages
+    assert stage["num_cpus"] == 1.5 and stage["num_gpus"] == 1.0
+    assert stage["compute"].initial_size == 1
+
+
+def test_a_large_budget_keeps_the_declared_cpus_and_grows_the_pool(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    stages, read = _fit(monkeypatch, 16.0, 0.0, Resources(num_cpus=1.0, memory_mb=512))
+    (stage,) = stages
+    assert read == 1.0
+    assert stage["num_cpus"] == 1.0 and stage["memory"] == 512 * 2**20
+    assert stage["compute"].initial_size == 1 and stage["compute"].max_size == 15
