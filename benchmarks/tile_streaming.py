@@ -206,37 +206,14 @@ def _consume_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 # Readers: each reads every tile of ``paths`` at ``origins`` and returns (tiles, checksum).
 
 
-def read_raw(paths: list[Path], origins: list[tuple[int, int]]) -> tuple[int, int]:
-    """Compressed bytes with ``os.pread``, decoded with ``imagecodecs.jpeg_decode``."""
-    import imagecodecs
-    import tifffile
+def read_raw(
+    paths: list[Path], origins: list[tuple[int, int]], offset_buffer: bool = False
+) -> tuple[int, int]:
+    """Compressed bytes with ``os.pread``, decoded with ``imagecodecs.jpeg_decode``.
 
-    n = total = 0
-    for path in paths:
-        with tifffile.TiffFile(path) as tif:
-            page = tif.series[0].levels[0].keyframe
-            offsets, counts, tables = page.dataoffsets, page.databytecounts, page.jpegtables
-            per_row = -(-page.imagewidth // page.tilewidth)
-            tw, th = page.tilewidth, page.tilelength
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                for x, y in origins:
-                    index = (y // th) * per_row + x // tw
-                    tile = imagecodecs.jpeg_decode(
-                        os.pread(fd, counts[index], offsets[index]), tables=tables
-                    )
-                    total += _checksum(tile)
-                    n += 1
-            finally:
-                os.close(fd)
-    return n, total
-
-
-def read_raw_offset(paths: list[Path], origins: list[tuple[int, int]]) -> tuple[int, int]:
-    """:func:`read_raw`, each tile decoded into one reused buffer off the 16-byte boundary.
-
-    The codec's floor: ``imagecodecs`` allocates each tile itself in :func:`read_raw`, and
-    where malloc returns a 16- or 32-byte aligned block libjpeg-turbo writes it with
+    With ``offset_buffer`` (the ``raw-offset`` reader, the codec's floor) every tile is decoded
+    into one reused buffer off the 16-byte boundary; without it imagecodecs allocates each tile,
+    and where malloc returns a 16- or 32-byte aligned block libjpeg-turbo writes it with
     non-temporal stores, past the caches (see :func:`~pathray.slides.readers.pixel_buffer`).
     """
     import imagecodecs
@@ -244,7 +221,7 @@ def read_raw_offset(paths: list[Path], origins: list[tuple[int, int]]) -> tuple[
 
     from pathray.slides.readers import pixel_buffer
 
-    tile = pixel_buffer((TILE, TILE, 3))
+    out = pixel_buffer((TILE, TILE, 3)) if offset_buffer else None
     n = total = 0
     for path in paths:
         with tifffile.TiffFile(path) as tif:
@@ -257,7 +234,7 @@ def read_raw_offset(paths: list[Path], origins: list[tuple[int, int]]) -> tuple[
                 for x, y in origins:
                     index = (y // th) * per_row + x // tw
                     data = os.pread(fd, counts[index], offsets[index])
-                    imagecodecs.jpeg_decode(data, tables=tables, out=tile)
+                    tile = imagecodecs.jpeg_decode(data, tables=tables, out=out)
                     total += _checksum(tile)
                     n += 1
             finally:
@@ -430,7 +407,7 @@ class Bench:
         if name == "raw":
             return (*read_raw(paths, origins), None)
         if name == "raw-offset":
-            return (*read_raw_offset(paths, origins), None)
+            return (*read_raw(paths, origins, offset_buffer=True), None)
         if name == "raw-parallel":
             if self.pool is None:  # spawned once, outside the timings
                 self.pool = mp.get_context("spawn").Pool(args.cpus)

@@ -147,16 +147,16 @@ def _stage_resources(
     node_cap = largest_node_cpus() - read_cpus
     stages = []
     for _, cls in order:
-        share = cls.resources.num_cpus / declared if declared > 0 else 0.0
         on_gpu = bool(cls.resources.num_gpus and gpus)
         cpus, initial = cls.resources.num_cpus, 1
-        if declared > 0 and budget < declared:
-            cpus = share * budget
-        elif declared > 0 and budget < 2 * declared:
+        # The budget is positive, so either branch implies declared > 0.
+        if budget < declared:
+            cpus = cpus * budget / declared
+        elif budget < 2 * declared:
             if on_gpu:
-                cpus = max(cpus, min(share * budget, node_cap))
+                cpus = max(cpus, min(cpus * budget / declared, node_cap))
             else:
-                cpus, initial = share * budget / 2, 2
+                cpus, initial = cpus * budget / (2 * declared), 2
         stage: dict[str, Any] = {
             "num_cpus": cpus,
             "compute": ray.data.ActorPoolStrategy(
