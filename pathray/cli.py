@@ -151,10 +151,14 @@ def slides_add(
 @friendly
 def slides_list(
     image_set: Annotated[str | None, typer.Option("--set", help="Only this image set.")] = None,
+    as_json: JsonFlag = False,
 ) -> None:
     """List registered slides."""
+    slides = _catalog().list_slides(image_set)
+    if as_json:
+        return _print_json(slides)
     table = Table("id", "name", "format", "size (px)", "levels", "mpp")
-    for s in _catalog().list_slides(image_set):
+    for s in slides:
         mpp = f"{s.mpp:.3f}" if s.mpp else "-"
         table.add_row(
             str(s.id), s.name, s.format or "-", f"{s.width} x {s.height}", str(s.level_count), mpp
@@ -179,6 +183,15 @@ def _jsonable(record: Any) -> dict[str, Any]:
     from dataclasses import asdict
 
     return json.loads(json.dumps(asdict(record), default=str))
+
+
+#: ``--json`` of the list commands: one JSON array on stdout, for scripts.
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print a JSON array (for scripts).")]
+
+
+def _print_json(records: list[Any]) -> None:
+    """Print records as one JSON array on stdout (never wrapped or coloured)."""
+    sys.stdout.write(json.dumps([_jsonable(r) for r in records], indent=1) + "\n")
 
 
 @sets_app.command("create")
@@ -225,10 +238,13 @@ def sets_protect(name: str, actor: Actor = ME) -> None:
 
 @sets_app.command("list")
 @friendly
-def sets_list() -> None:
+def sets_list(as_json: JsonFlag = False) -> None:
     """List image sets."""
+    sets = _catalog().list_image_sets()
+    if as_json:
+        return _print_json(sets)
     table = Table("name", "slides", "protected", "description")
-    for s in _catalog().list_image_sets():
+    for s in sets:
         table.add_row(s.name, str(s.slide_count), "yes" if s.protected else "", s.description)
     console.print(table)
 
@@ -361,10 +377,13 @@ def _print_run(result: Any, store: Any) -> None:
 
 @runs_app.command("list")
 @friendly
-def runs_list() -> None:
+def runs_list(as_json: JsonFlag = False) -> None:
     """List runs, newest first."""
+    runs = _catalog().list_runs()[::-1]  # the catalog lists them oldest first
+    if as_json:
+        return _print_json(runs)
     table = Table("id", "pipeline", "image set", "status", "created")
-    for r in _catalog().list_runs():
+    for r in runs:
         table.add_row(
             r.id,
             f"{r.pipeline_name}@{r.pipeline_version}",

@@ -84,7 +84,10 @@ def iterate_command(
     image_set: Annotated[str, typer.Option("--set", help="Image set with annotated slides.")] = "",
     reference: Annotated[str, typer.Option(help="Reference annotation set.")] = "",
     require: Annotated[
-        str, typer.Option(help="Requirement, e.g. 'dice >= 0.85 and f1 >= 0.80'.")
+        str,
+        typer.Option(
+            "--requirement", "--require", help="Requirement, e.g. 'dice >= 0.85 and f1 >= 0.80'."
+        ),
     ] = "",
     strategy: Annotated[str, typer.Option(help="auto, config_search, retrain or swap.")] = "auto",
     iterations: Annotated[int, typer.Option(help="Iterations, the first run included.")] = 3,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -36,6 +37,21 @@ def _check_relative_path(path: str) -> str:
             f"A replica path must be relative to its store, without '..'. Got {path!r} instead."
         )
     return posix
+
+
+def name_forms(name: str) -> set[str]:
+    """The names a slide answers to: its file name and that name without trailing extensions.
+
+    Example:
+        >>> sorted(name_forms("OS-1-detail.ome.tif"))
+        ['OS-1-detail', 'OS-1-detail.ome', 'OS-1-detail.ome.tif']
+    """
+    forms = {name}
+    stem, dot, _ = name.rpartition(".")
+    while dot and stem:
+        forms.add(stem)
+        stem, dot, _ = stem.rpartition(".")
+    return forms
 
 
 class SlidesMixin(CatalogBase):
@@ -218,8 +234,11 @@ class SlidesMixin(CatalogBase):
     def get_slide(self, slide: int | str) -> Slide:
         """Return a slide by id (an int) or by name (a str).
 
+        A name is the slide's file name (``OS-1-detail.ome.tif``) or that name without one or more
+        of its extensions (``OS-1-detail.ome``, ``OS-1-detail``).
+
         Raises:
-            NotFoundError: No such slide.
+            NotFoundError: No such slide; the message names the closest slide names.
             ConflictError: Several slides have that name; ask by id.
         """
         with self.transaction() as session:
@@ -227,7 +246,16 @@ class SlidesMixin(CatalogBase):
                 return Slide.from_row(self._slide_row(session, slide))
             rows = list(session.scalars(select(SlideRow).where(SlideRow.name == slide)))
             if not rows:
-                raise NotFoundError(f"Slide '{slide}' does not exist.")
+                rows = [
+                    row
+                    for row in session.scalars(select(SlideRow).order_by(SlideRow.id))
+                    if slide in name_forms(row.name)
+                ]
+            if not rows:
+                names = list(session.scalars(select(SlideRow.name)))
+                close = difflib.get_close_matches(slide, names, n=3, cutoff=0.5)
+                hint = f" Did you mean {', '.join(repr(n) for n in close)}?" if close else ""
+                raise NotFoundError(f"Slide '{slide}' does not exist.{hint}")
             if len(rows) > 1:
                 ids = ", ".join(str(r.id) for r in rows)
                 raise ConflictError(f"Several slides are called '{slide}' (ids {ids}); ask by id.")

@@ -106,3 +106,40 @@ def test_invalid_pipeline_and_unknown_preset(home: Path, tmp_path: Path) -> None
     assert "needs input columns" in fails("run", str(spec), "--set", "x")
     spec.write_text("name: x\nunits:\n  - {unit: tissue_mask, config: {nope: 1}}\n")
     assert "nope" in fails("run", str(spec), "--set", "x")
+
+
+def test_a_slide_is_named_by_its_file_name_or_stem(home: Path) -> None:
+    ok("slides", "add", str(OME_FILES[0]), "--store", "shared", "--set", "ki67")
+    name = OME_FILES[0].name  # e.g. OS-1-detail.ome.tif
+    stem = name.split(".")[0]
+    for ref in (name, name.rsplit(".", 1)[0], stem, "1"):
+        assert name in ok("slides", "show", ref), ref
+    out = fails("slides", "show", stem[:-1] + "x")
+    assert "does not exist" in out and f"Did you mean '{name}'" in out
+
+
+def test_list_commands_print_json_and_runs_newest_first(home: Path) -> None:
+    from pathray.catalog import Catalog
+    from pathray.config import Settings
+    from pathray.results.store import ColdStore
+    from pathray.results.synthetic_objects import write_objects_run
+
+    ok("slides", "add", str(OME_FILES[0]), "--store", "shared", "--set", "ki67")
+    slides = json.loads(ok("slides", "list", "--json"))
+    assert [s["name"] for s in slides] == [OME_FILES[0].name]
+    assert json.loads(ok("sets", "list", "--json"))[0]["name"] == "ki67"
+    settings = Settings.from_env()
+    with Catalog.open(settings.catalog_url) as catalog:
+        store = ColdStore(settings.cold_root)
+        first = write_objects_run(catalog, store, "ki67", {1: (512, 512)}, count=3, seed=1)
+        second = write_objects_run(catalog, store, "ki67", {1: (512, 512)}, count=3, seed=2)
+    runs = json.loads(ok("runs", "list", "--json"))
+    assert [r["id"] for r in runs] == [second.run_id, first.run_id]
+    table = ok("runs", "list")
+    assert table.index(second.run_id) < table.index(first.run_id)
+
+
+def test_iterate_takes_the_requirement_option_the_readme_uses(home: Path) -> None:
+    out = fails("iterate", "--set", "none", "--reference", "gt", "--requirement", "f1 >= 0.8")
+    assert "No such option" not in out
+    assert "does not exist" in out  # it got past option parsing to the catalog
