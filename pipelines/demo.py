@@ -36,9 +36,26 @@ from pathray.slides.register import register_slides
 from pathray.slides.synthetic import make_synthetic_slide
 from pipelines.presets import load_preset
 
-SHARED = Path(
-    os.environ.get("PATHRAY_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
-)
+
+def find_sample_data() -> Path | None:
+    """The folder of real sample data (slides, nucleus tiles), or None where there is none.
+
+    ``PATHRAY_SHARED_DATA`` if set; else ``shared/data`` beside the checkout this module runs
+    from; else ``../shared/data`` or ``shared/data`` under the working directory (an installed
+    PathRay run from a checkout's folder).
+    """
+    if os.environ.get("PATHRAY_SHARED_DATA"):
+        return Path(os.environ["PATHRAY_SHARED_DATA"]).expanduser().resolve()
+    candidates = (
+        Path(__file__).resolve().parents[2] / "shared" / "data",
+        Path.cwd() / ".." / "shared" / "data",
+        Path.cwd() / "shared" / "data",
+    )
+    return next((c.resolve() for c in candidates if (c / "wsi").is_dir()), None)
+
+
+#: The real sample data; the demo runs on synthetic slides alone where there is none.
+SHARED = find_sample_data() or Path("shared-data-not-found")
 
 
 @dataclass(frozen=True)
@@ -169,11 +186,18 @@ def run_demo(
     """
     data = settings.home / "data"
     console.rule("PathRay demo")
+    real = SHARED.is_dir()
+    if not real:
+        console.print(
+            "[yellow]No real sample data found[/yellow] (set PATHRAY_SHARED_DATA to the folder "
+            "holding wsi/ and nuclei/): the demo runs on synthetic slides only."
+        )
     with console.status("making and registering sample data..."):
         sets = {prepare_synthetic(catalog, data, quick): "synthetic-gt"}
-        for tiles in nucleus_tile_sets():
-            sets[prepare_nucleus_tiles(catalog, data, tiles)] = f"{tiles.name}-gt"
-        sets[prepare_real_slides(catalog)] = ""
+        if real:
+            for tiles in nucleus_tile_sets():
+                sets[prepare_nucleus_tiles(catalog, data, tiles)] = f"{tiles.name}-gt"
+            sets[prepare_real_slides(catalog)] = ""
     spec = load_preset("nuclei")
     results: dict[str, Any] = {}
     for image_set, reference in sets.items():
@@ -182,7 +206,9 @@ def run_demo(
         report = evaluate_run(catalog, store, run.run_id, reference) if reference else None
         results[image_set] = {"run": run, "metrics": report}
     console.print(_summary_table(results))
-    agreement = copies_agreement(catalog, store, results["real-wsi"]["run"].run_id)
+    agreement = (
+        copies_agreement(catalog, store, results["real-wsi"]["run"].run_id) if real else None
+    )
     if agreement is not None:
         console.print(
             "CMU-1-Small-Region, SVS vs DICOM copy (same scan): nuclei "
