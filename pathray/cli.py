@@ -122,6 +122,17 @@ def slides_add(
     store: Annotated[str, typer.Option(help="Slide store the files live on.")] = "local",
     image_set: Annotated[str | None, typer.Option("--set", help="Add to this image set.")] = None,
     mpp: Annotated[float | None, typer.Option(help="mpp for slides that declare none.")] = None,
+    deidentify: Annotated[
+        bool,
+        typer.Option(
+            help="Register de-identified copies (no label or macro image, no identifying "
+            "metadata) written under --into; the originals are not registered."
+        ),
+    ] = False,
+    into: Annotated[
+        Path | None,
+        typer.Option(help="Folder of the de-identified copies (the store's root).", hidden=False),
+    ] = None,
     actor: Actor = ME,
 ) -> None:
     """Register slides; bad files are reported and the rest register."""
@@ -129,6 +140,17 @@ def slides_add(
     from pathray.slides.register import register_slides
 
     catalog = _catalog()
+    if deidentify:
+        from pathray.slides.deidentify import deidentify_tree
+
+        into = into or Settings.from_env().home / "deidentified" / store
+        copies, failed = deidentify_tree(path, into)
+        for bad, reason in failed.items():
+            err.print(f"[red]rejected[/red] {bad}: {reason}")
+        for copy in copies:
+            removed = ", ".join(copy.removed_images) or "none"
+            console.print(f"de-identified {copy.path.name}: associated images removed: {removed}")
+        path = into
     total = len(find_slides(path)) if path.exists() else 0
     with _progress() as bar:
         task = bar.add_task("registering", total=total)
@@ -145,6 +167,47 @@ def slides_add(
         err.print(f"[red]rejected[/red] {bad}: {reason}")
     if report.rejected and not report.registered:
         raise typer.Exit(2)
+
+
+@slides_app.command("export")
+@friendly
+def slides_export(
+    slide: Annotated[str, typer.Argument(help="Slide id, name or stem.")],
+    out: Annotated[Path, typer.Argument(help="File (or folder, for DICOM) to write.")],
+    deidentify: Annotated[
+        bool, typer.Option(help="Leave out label and macro images and identifying metadata.")
+    ] = False,
+    actor: Actor = ME,
+) -> None:
+    """Copy a slide out of its store; with its label and macro images only for an admin."""
+    import shutil
+
+    from pathray.catalog.auth import PermissionDeniedError
+    from pathray.engine.plan import reachable_replica
+    from pathray.errors import ConfigError
+    from pathray.slides.deidentify import deidentify_slide
+
+    catalog = _catalog()
+    record = catalog.get_slide(int(slide) if slide.isdigit() else slide)
+    source, _ = reachable_replica(catalog, record.id)
+    if out.exists():
+        raise ConfigError(f"The export target must not exist. Got {str(out)!r}, which does.")
+    if deidentify:
+        report = deidentify_slide(source, out)
+        catalog.record_slide_export(record.id, str(out), deidentified=True, actor=actor)
+        removed = ", ".join(report.removed_images) or "none"
+        console.print(f"exported {record.name} de-identified to {out} (removed: {removed})")
+        return
+    role = catalog.get_user(actor).role
+    if role != "admin":
+        raise PermissionDeniedError(
+            "Exporting a slide with its label and macro images needs the admin role "
+            f"(use --deidentify otherwise). Got {actor!r} with role {role!r} instead."
+        )
+    copy = shutil.copytree if Path(source).is_dir() else shutil.copyfile
+    copy(source, out)
+    catalog.record_slide_export(record.id, str(out), deidentified=False, actor=actor)
+    console.print(f"exported {record.name} to {out} (with its label and macro images)")
 
 
 @slides_app.command("list")

@@ -261,6 +261,19 @@ class SlidesMixin(CatalogBase):
                 raise ConflictError(f"Several slides are called '{slide}' (ids {ids}); ask by id.")
             return Slide.from_row(rows[0])
 
+    def record_slide_export(
+        self, slide_id: int, target: str, *, deidentified: bool, actor: str = "system"
+    ) -> None:
+        """Write the audit entry of a slide copied out of its store (``export_slide``).
+
+        Raises:
+            NotFoundError: No such slide.
+        """
+        with self.transaction() as session:
+            self._slide_row(session, slide_id)
+            details = {"to": target, "deidentified": deidentified}
+            self._audit(session, actor, "export_slide", "slide", slide_id, details)
+
     def find_slide(self, checksum: str) -> Slide | None:
         """Return the slide with this content checksum, or None."""
         with self.transaction() as session:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from pathray.errors import SlideError
+from pathray.slides.deidentify import scrub_description
 
 #: File extensions registered as single-file slides.
 SLIDE_EXTENSIONS = (".svs", ".tif", ".tiff", ".ndpi", ".scn", ".bif", ".qptiff", ".ome.tif")
@@ -263,5 +264,9 @@ def probe_slide(path: str | Path) -> SlideInfo:
         level_downsamples=tuple(float(d) for d in info.level_downsamples),
         mpp=mpp,
         objective_power=_positive(info.objective_power),
-        properties={"reader": type(reader).__name__, "description": description[:500]},
+        # The catalog keeps the description without its identifying fields (user, file, date).
+        properties={
+            "reader": type(reader).__name__,
+            "description": scrub_description(description)[:500],
+        },
     )

@@ -18,7 +18,8 @@ def test_real_slides_register_with_metadata(sqlite_catalog: Catalog) -> None:
     report = register_slides(sqlite_catalog, WSI, store="shared", image_set="wsi", mpp=0.5)
     assert not report.rejected
     names = {s.name for s in report.registered}
-    assert names == {"CMU-1-Small-Region.svs", "CMU-1-Small-Region-dicom", TCGA_SVS.name}
+    ome = {p.name for p in WSI.glob("*.ome.tif")}  # the OME-TIFFs sit beside them too
+    assert names == {"CMU-1-Small-Region.svs", "CMU-1-Small-Region-dicom", TCGA_SVS.name, *ome}
     tcga = sqlite_catalog.get_slide(TCGA_SVS.name)
     assert tcga.mpp == 0.5 and tcga.mpp_source == "user"  # the file declares none
     cmu = sqlite_catalog.get_slide(CMU_SVS.name)
