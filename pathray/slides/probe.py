@@ -178,6 +178,22 @@ def _check_tiff(path: Path) -> None:
         raise SlideError(path, f"not a readable TIFF ({type(exc).__name__}: {exc})") from None
 
 
+def _check_dicom_frames(path: Path, reader: Any) -> None:
+    """Decode the first and the last frame of every level: catches truncated or corrupt files."""
+    width, height = (int(v) for v in reader.info.slide_dimensions)
+    for level, downsample in enumerate(reader.info.level_downsamples):
+        corner = max(1, int(16 * downsample))
+        for x, y in ((0, 0), (max(0, width - corner), max(0, height - corner))):
+            try:
+                reader.read_rect((x, y), (16, 16), resolution=level, units="level")
+            except Exception as exc:
+                raise SlideError(
+                    path,
+                    f"level {level} cannot be decoded near ({x}, {y}): truncated or corrupt "
+                    f"({type(exc).__name__}: {exc})",
+                ) from None
+
+
 def _sniff(path: Path) -> str:
     """Return 'tiff' or 'dicom' for a slide file; raise SlideError for anything else."""
     if not path.exists():
@@ -250,6 +266,8 @@ def probe_slide(path: str | Path) -> SlideInfo:
         info = reader.info
     except Exception as exc:
         raise SlideError(path, f"TIAToolbox cannot open it ({type(exc).__name__}: {exc})") from None
+    if kind == "dicom":
+        _check_dicom_frames(path, reader)
     mpp_pair = info.mpp if info.mpp is not None else (None, None)
     mpp = _positive(mpp_pair[0])
     fmt = "dicom" if kind == "dicom" else _tiff_format(path, description)

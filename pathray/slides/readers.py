@@ -25,8 +25,9 @@ import os
 import threading
 from abc import ABC, abstractmethod
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cached_property, lru_cache
+from functools import cached_property, lru_cache, wraps
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -65,6 +66,26 @@ def pixel_buffer(shape: tuple[int, ...]) -> np.ndarray:
     raw = np.empty(size + 32, np.uint8)
     start = (_PIXEL_ADDRESS_MOD_32 - raw.ctypes.data) % 32
     return raw[start : start + size].reshape(shape)
+
+
+def _clear_errors(read_level: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
+    """Turn a failure inside a reader (a truncated or corrupt tile) into a SlideError."""
+
+    @wraps(read_level)
+    def read(
+        self: SlideReader, level: int, x: int, y: int, *args: Any, **kwargs: Any
+    ) -> np.ndarray:
+        try:
+            return read_level(self, level, x, y, *args, **kwargs)
+        except SlideError:
+            raise
+        except Exception as exc:
+            where = f"level {level} at ({x}, {y})"
+            raise SlideError(
+                self.path, f"{where} cannot be read ({type(exc).__name__}: {exc})"
+            ) from exc
+
+    return read
 
 
 class SlideReader(ABC):
@@ -322,6 +343,7 @@ class TiffTileReader(SlideReader):
             return False
         return True
 
+    @_clear_errors
     def read_level(
         self,
         level: int,
@@ -418,6 +440,7 @@ class TiaReader(SlideReader):
         """``(width, height)`` of each level."""
         return self._dims
 
+    @_clear_errors
     def read_level(
         self,
         level: int,
