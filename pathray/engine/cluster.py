@@ -89,3 +89,13 @@ def largest_node_cpus() -> float:
 def cluster_gpus() -> float:
     """GPUs of the Ray cluster (0 on CPU-only machines such as CI)."""
     return float(ray.cluster_resources().get("GPU", 0.0))
+
+
+def free_resources() -> tuple[float, float]:
+    """CPUs and GPUs of the cluster that no actor or task holds now.
+
+    What Serve replicas, other runs and idle detached actors hold is not free: a run sized
+    from the cluster's total would wait forever for CPUs they keep.
+    """
+    free = ray.available_resources()
+    return float(free.get("CPU", 0.0)), float(free.get("GPU", 0.0))
