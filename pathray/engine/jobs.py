@@ -73,6 +73,7 @@ def submit_run(
     image_set: str,
     *,
     requester: str = "system",
+    owner: str | None = None,
     ray_address: str | None = None,
 ) -> str:
     """Record a run and start it in the background on Ray; return its id at once.
@@ -83,6 +84,7 @@ def submit_run(
         spec: The pipeline.
         image_set: The image set to process.
         requester: Who asked for the run.
+        owner: The API client the run belongs to (None: an internal run).
         ray_address: Ray cluster to use (None: ``RAY_ADDRESS`` or a local Ray).
 
     Returns:
@@ -92,7 +94,7 @@ def submit_run(
         ConfigError: The spec is invalid (nothing is recorded).
         NotFoundError: The image set or a model version does not exist.
     """
-    run_id = prepare_run(catalog, store, spec, image_set, requester=requester)
+    run_id = prepare_run(catalog, store, spec, image_set, requester=requester, owner=owner)
     try:
         ensure_ray(ray_address)
         driver: Any = RunDriver.options(  # type: ignore[attr-defined]

@@ -329,6 +329,7 @@ def prepare_run(
     image_set: str,
     *,
     requester: str = "system",
+    owner: str | None = None,
 ) -> str:
     """Validate a pipeline, pin its unit and model versions and record a pending run.
 
@@ -340,6 +341,7 @@ def prepare_run(
         spec: The pipeline.
         image_set: Name of the image set to process.
         requester: Who asked for the run.
+        owner: The API client the run belongs to (None: an internal run).
 
     Returns:
         The new run's id (status ``pending``).
@@ -360,6 +362,7 @@ def prepare_run(
         code_version=code,
         image_set=image_set,
         requester=requester,
+        owner=owner,
     )
 
 
