@@ -158,7 +158,7 @@ def _stage_resources(
 
     Args:
         order: The pipeline's nodes and unit classes, in topological order.
-        free_cpus: CPUs free for the run (at least :func:`required_cpus`).
+        free_cpus: CPUs free for the run (at least what :func:`required_resources` says).
     """
     gpus = cluster_gpus()
     read_cpus = min(1.0, free_cpus * 0.25)
