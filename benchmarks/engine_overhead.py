@@ -98,6 +98,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
 
     from pathray.catalog import Catalog
+    from pathray.engine.cluster import free_resources
     from pathray.engine.plan import plan_run
     from pathray.engine.runner import _stage_resources, run_pipeline
     from pathray.pipeline.spec import PipelineSpec
@@ -118,7 +119,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         start_ray(args.cpus)
         refs = plan_run(catalog, [slide_id], spec.tiling).refs
         order = [(node, spec.unit_class(node)) for node in spec.ordered()]
-        stages, read_cpus = _stage_resources(order)
+        stages, read_cpus = _stage_resources(order, free_resources()[0])
         bare_stage = dict(stages[0])
         times: dict[str, list[float]] = {"bare": [], "engine stream": [], "engine run": []}
         tiles: dict[str, int] = {}

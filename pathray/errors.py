@@ -30,6 +30,10 @@ class ConfigError(PathRayError):
     """A configuration or specification is invalid."""
 
 
+class ResourceError(PathRayError):
+    """The cluster has too few free resources for the work asked of it."""
+
+
 class FormatError(PathRayError):
     """An annotation file cannot be parsed or written."""
 

@@ -29,6 +29,7 @@ from pathray.config import Settings
 from pathray.pipeline.spec import PipelineSpec
 from serve.inference import NodePlan, PipelineDeployment, UnitDeployment, object_columns, plan_nodes
 from serve.ingress import Ingress
+from serve.jobs import JobLimits
 from serve.validation import ImageLimits
 
 APP_NAME = "pathray"
@@ -84,6 +85,7 @@ class ServeArgs(BaseModel):
         max_body_bytes: Largest request body (then 413, before reading it).
         unit_cpus: CPUs per unit replica (default: the unit's own, scaled to fit the cluster).
         drift: Drift monitoring.
+        jobs: Slide jobs each client may run and submit (then 429).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -98,6 +100,7 @@ class ServeArgs(BaseModel):
     max_body_bytes: int = Field(32 * 2**20, ge=1024)
     unit_cpus: float | None = Field(None, ge=0)
     drift: DriftArgs = DriftArgs()
+    jobs: JobLimits = JobLimits()
 
     def pipeline_args(self) -> list[PipelineArgs]:
         """Every pipeline entry as :class:`PipelineArgs`."""
@@ -200,6 +203,7 @@ def app_builder(args: ServeArgs) -> Application:
         "retry_after_s": args.retry_after_s,
         "max_body_bytes": args.max_body_bytes,
         "drift": args.drift.model_dump(),
+        "jobs": args.jobs.model_dump(),
     }
     return Ingress.options(  # type: ignore[attr-defined]
         max_ongoing_requests=args.max_ongoing_requests,

@@ -58,6 +58,8 @@ CODES: dict[str, int] = {
     "pipeline.failed": 500,  # a unit raised on a valid tile: the service's fault, not the caller's
     "job.target": 422,
     "job.conflict": 409,
+    "job.quota": 429,
+    "job.rate_limited": 429,
     "slide.unreadable": 409,
     "not_found": 404,
     "conflict": 409,

@@ -9,7 +9,6 @@ catalog and cold-store calls run in worker threads so the event loop keeps answe
 
 import asyncio
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -24,6 +23,14 @@ from pathray.pipeline.spec import PipelineSpec
 from pathray.results.store import ColdStore
 from serve.errors import ApiError, count_errors_with, install_handlers
 from serve.inference import tile_batch, to_json
+from serve.jobs import (
+    SUBMIT_LOCK,
+    JobLimits,
+    check_cancel,
+    check_limits,
+    slide_image_set,
+    visible_run,
+)
 from serve.monitoring import DriftMonitor, Reference, ServiceMetrics, tile_features
 from serve.schemas import (
     NAME,
@@ -36,11 +43,23 @@ from serve.schemas import (
     JobStatus,
     PipelineInfo,
 )
-from serve.security import Inferrer, Monitor, Reader, Submitter, TokenAuth, install_auth
+from serve.security import (
+    Inferrer,
+    Monitor,
+    Principal,
+    Reader,
+    Submitter,
+    TokenAuth,
+    install_auth,
+)
 from serve.validation import ImageLimits, decode_tile
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 413, 415, 422)
+}
+_JOB_ERRORS: dict[int | str, dict[str, Any]] = {
+    **_ERRORS,
+    429: {"model": ErrorBody, "description": "Past the client's job quota or rate."},
 }
 _INFER_ERRORS: dict[int | str, dict[str, Any]] = {
     **_ERRORS,
@@ -148,7 +167,8 @@ class Ingress:
     Args:
         pipelines: ``{name: {version: {"handle", "spec", "objects", "batching"}}}``.
         settings: Serve settings: ``catalog_url``, ``cold_root``, ``limits``,
-            ``inference_timeout_s``, ``retry_after_s``, ``max_body_bytes``, ``drift``.
+            ``inference_timeout_s``, ``retry_after_s``, ``max_body_bytes``, ``drift``,
+            ``jobs`` (:class:`~serve.jobs.JobLimits`).
     """
 
     def __init__(self, pipelines: dict[str, dict[str, dict[str, Any]]], settings: dict[str, Any]):
@@ -165,6 +185,7 @@ class Ingress:
             for name, versions in pipelines.items()
         }
         self.limits = ImageLimits.model_validate(settings.get("limits", {}))
+        self.job_limits = JobLimits.model_validate(settings.get("jobs", {}))
         self.timeout_s = float(settings.get("inference_timeout_s", 30.0))
         self.retry_after = str(int(settings.get("retry_after_s", 1)))
         self.catalog = Catalog.open(settings["catalog_url"], migrate=False)
@@ -298,9 +319,13 @@ class Ingress:
             ) from None
 
     # -- slide jobs ---------------------------------------------------------------------------
-    @api.post("/v1/jobs", tags=["jobs"], status_code=202, responses=_ERRORS)
+    @api.post("/v1/jobs", tags=["jobs"], status_code=202, responses=_JOB_ERRORS)
     def submit_job(self, who: Submitter, body: JobRequest) -> JobStatus:
-        """Run a pipeline over an image set or one slide in the background."""
+        """Run a pipeline over an image set or one slide in the background.
+
+        The job belongs to the calling client; past its quota of active jobs or its rate of
+        submissions, 429 with ``Retry-After``.
+        """
         from pathray.engine.jobs import submit_run
 
         if (body.image_set is None) == (body.slide is None):
@@ -309,16 +334,16 @@ class Ingress:
                 "Exactly one of 'image_set' and 'slide' must be given. Got both or neither.",
             )
         spec = self._job_spec(body.pipeline, body.version)
-        image_set = body.image_set
-        if body.slide is not None:
-            slide = self.catalog.get_slide(body.slide)
-            image_set = f"job-slide-{slide.id}-{uuid.uuid4().hex[:8]}"
-            self.catalog.create_image_set(
-                image_set, f"slide job of {slide.name} for {who.name}", actor=who.name
+        with SUBMIT_LOCK:
+            check_limits(self.catalog, who, self.job_limits)
+            image_set = body.image_set
+            if body.slide is not None:
+                slide = self.catalog.get_slide(body.slide)
+                image_set = slide_image_set(self.catalog, slide, actor=who.name)
+            assert image_set is not None
+            run_id = submit_run(
+                self.catalog, self.store, spec, image_set, requester=who.name, owner=who.name
             )
-            self.catalog.add_to_image_set(image_set, [slide.id], actor=who.name)
-        assert image_set is not None
-        run_id = submit_run(self.catalog, self.store, spec, image_set, requester=who.name)
         return self._status(run_id)
 
     def _job_spec(self, name: str, version: str | None) -> PipelineSpec:
@@ -341,8 +366,9 @@ class Ingress:
             )
         return spec
 
-    def _status(self, run_id: str) -> JobStatus:
-        run = self.catalog.get_run(run_id)
+    def _status(self, run_id: str, who: Principal | None = None) -> JobStatus:
+        """A run's status; with ``who``, only a run that client may see (else 404)."""
+        run = visible_run(self.catalog, who, run_id) if who else self.catalog.get_run(run_id)
         progress = run.progress or {}
         total, done = progress.get("tiles_total"), progress.get("tiles_done")
         units = progress.get("units") or {}
@@ -365,13 +391,14 @@ class Ingress:
         )
 
     @api.get("/v1/jobs/{run_id}", tags=["jobs"], responses=_ERRORS)
-    def job_status(self, _: Reader, run_id: RunId) -> JobStatus:
-        """A run's status and its progress per unit."""
-        return self._status(run_id)
+    def job_status(self, who: Reader, run_id: RunId) -> JobStatus:
+        """A run's status and its progress per unit (404 for another client's run)."""
+        return self._status(run_id, who)
 
     @api.post("/v1/jobs/{run_id}/cancel", tags=["jobs"], status_code=202, responses=_ERRORS)
     def cancel_job(self, who: Submitter, run_id: RunId) -> JobStatus:
-        """Ask a run to stop (it stops between batches; a finished run is left as it is)."""
+        """Ask a run to stop, at once or within a second or two (a finished run gets 409)."""
+        check_cancel(self.catalog, who, run_id)
         self.catalog.request_cancel(run_id, actor=who.name)
         return self._status(run_id)
 
@@ -379,7 +406,7 @@ class Ingress:
     @api.get("/v1/runs/{run_id}/slides/{slide_id}/objects", tags=["results"], responses=_ERRORS)
     def run_objects(
         self,
-        _: Reader,
+        who: Reader,
         run_id: RunId,
         slide_id: SlideId,
         x0: Coord = 0.0,
@@ -393,6 +420,7 @@ class Ingress:
         """A run's objects on a slide within a level-0 box, as a GeoJSON FeatureCollection."""
         from pathray.results.overlay import Layer, overlay_features, overlay_json
 
+        visible_run(self.catalog, who, run_id)
         collection = overlay_features(
             self.catalog,
             self.store,
@@ -408,7 +436,7 @@ class Ingress:
     @api.get("/v1/slides/{slide_id}/overlay", tags=["viewer"], responses=_ERRORS)
     def overlay(
         self,
-        _: Reader,
+        who: Reader,
         slide_id: SlideId,
         x0: Coord,
         y0: Coord,
@@ -424,7 +452,7 @@ class Ingress:
         """Overlay data for the viewer: one layer (a run or an annotation set) in a window."""
         from pathray.results.overlay import overlay_features, overlay_json
 
-        layer = self._layer(run, annotations, unit)
+        layer = self._layer(who, run, annotations, unit)
         collection = overlay_features(
             self.catalog,
             self.store,
@@ -437,8 +465,10 @@ class Ingress:
         )
         return Response(overlay_json(collection), media_type="application/json")
 
-    @staticmethod
-    def _layer(run: str | None, annotations: str | None, unit: str | None) -> Any:
+    def _layer(
+        self, who: Principal, run: str | None, annotations: str | None, unit: str | None
+    ) -> Any:
+        """The overlay layer asked for (a run only if ``who`` may see it)."""
         from pathray.results.overlay import Layer
 
         if (run is None) == (annotations is None):
@@ -446,6 +476,8 @@ class Ingress:
                 "request.invalid_field",
                 "Exactly one of 'run' and 'annotations' must be given. Got both or neither.",
             )
+        if run is not None:
+            visible_run(self.catalog, who, run)
         return Layer.run(run, unit) if run else Layer.annotations(str(annotations))
 
     @api.get(
@@ -456,7 +488,7 @@ class Ingress:
     )
     def overlay_tile(
         self,
-        _: Reader,
+        who: Reader,
         slide_id: SlideId,
         level: Annotated[int, Path(ge=0, le=40)],
         col: Annotated[int, Path(ge=0, le=10**7)],
@@ -468,7 +500,7 @@ class Ingress:
         """A layer rendered into a transparent PNG aligned with one DeepZoom tile."""
         from pathray.results.overlay import overlay_tile
 
-        layer = self._layer(run, annotations, unit)
+        layer = self._layer(who, run, annotations, unit)
         png = overlay_tile(self.catalog, self.store, slide_id, layer, level, col, row)
         return Response(png, media_type="image/png")
 

@@ -255,7 +255,10 @@ class RunRow(Base):
     """One execution of a pipeline version over an image set."""
 
     __tablename__ = "runs"
-    __table_args__ = (CheckConstraint(_in_check("status", RUN_STATUSES), name="status"),)
+    __table_args__ = (
+        CheckConstraint(_in_check("status", RUN_STATUSES), name="status"),
+        Index("ix_runs_owner_created_at", "owner", "created_at"),
+    )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     pipeline_name: Mapped[str] = mapped_column(String(256), nullable=False)
@@ -276,6 +279,8 @@ class RunRow(Base):
     # migration 0005: a cancel is a request the run's driver honours between batches
     cancel_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     cancel_requested_by: Mapped[str | None] = mapped_column(String(128))
+    # migration 0007: the API client the run belongs to (None: an internal run)
+    owner: Mapped[str | None] = mapped_column(String(128))
 
 
 class ResultLocationRow(Base):

@@ -239,6 +239,7 @@ class Run:
     finished_at: datetime | None
     cancel_requested_at: datetime | None = None
     cancel_requested_by: str | None = None
+    owner: str | None = None
 
     @property
     def finished(self) -> bool:
@@ -266,6 +267,7 @@ class Run:
             finished_at=row.finished_at,
             cancel_requested_at=row.cancel_requested_at,
             cancel_requested_by=row.cancel_requested_by,
+            owner=row.owner,
         )
 
 

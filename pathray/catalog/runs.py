@@ -5,9 +5,10 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from pathray.catalog.base import CatalogBase, json_safe
@@ -43,6 +44,7 @@ class RunsMixin(CatalogBase):
         config_hash: str = "",
         code_version: str = "",
         requester: str | None = None,
+        owner: str | None = None,
         run_id: str | None = None,
         actor: str = "system",
     ) -> str:
@@ -56,6 +58,7 @@ class RunsMixin(CatalogBase):
             config_hash: Hash of the units' validated configs.
             code_version: Version of the code (package version, git commit).
             requester: Who asked for the run; defaults to ``actor``.
+            owner: The API client the run belongs to (None: an internal run, seen by all).
             run_id: A chosen id (32 hex digits); a fresh ``uuid4().hex`` by default.
             actor: Who asks, for the audit log.
 
@@ -84,6 +87,7 @@ class RunsMixin(CatalogBase):
                     code_version=code_version,
                     image_set_id=set_row.id,
                     requester=requester or actor,
+                    owner=owner,
                     status="pending",
                     progress={},
                 )
@@ -92,6 +96,7 @@ class RunsMixin(CatalogBase):
                 "pipeline": pipeline_name,
                 "version": pipeline_version,
                 "image_set": image_set,
+                "owner": owner,
             }
             self._audit(session, actor, "create", "run", run_id, details)
         return run_id
@@ -183,6 +188,30 @@ class RunsMixin(CatalogBase):
             if status is not None:
                 query = query.where(RunRow.status == status)
             return [Run.from_row(row, name) for row, name in session.execute(query)]
+
+    def owner_activity(self, owner: str, since: datetime) -> tuple[int, list[datetime]]:
+        """What one client has going: its unfinished runs, and when it created runs lately.
+
+        Args:
+            owner: The client.
+            since: Creation times from this moment on are returned.
+
+        Returns:
+            How many of its runs are pending or running, and the creation times (oldest
+            first) of its runs created since ``since``.
+        """
+        with self.transaction() as session:
+            active = session.scalar(
+                select(func.count())
+                .select_from(RunRow)
+                .where(RunRow.owner == owner, RunRow.status.in_(("pending", "running")))
+            )
+            created = session.scalars(
+                select(RunRow.created_at)
+                .where(RunRow.owner == owner, RunRow.created_at >= since)
+                .order_by(RunRow.created_at)
+            )
+            return int(active or 0), list(created)
 
     # -- result locations ------------------------------------------------------------------
 

@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import ray
+from ray._private import ray_constants
+
+#: The address a local Ray (one machine) binds every one of its servers to.
+LOOPBACK = "127.0.0.1"
 
 
 def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
@@ -29,11 +35,14 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         # "local" always starts a Ray of our own, even when another one runs on this machine.
         address = "local"
         kwargs["num_cpus"] = num_cpus or os.cpu_count() or 1
-        # The dashboard and job API stay on loopback unless a cluster is configured.
-        kwargs["_node_ip_address"] = "127.0.0.1"
+        kwargs["_node_ip_address"] = LOOPBACK
     for attempt in range(4):
         try:
-            ray.init(address=address, **kwargs)  # type: ignore[arg-type]
+            if address == "local":
+                with _loopback_node():
+                    ray.init(address=address, **kwargs)  # type: ignore[arg-type]
+            else:
+                ray.init(address=address, **kwargs)  # type: ignore[arg-type]
             break
         except Exception as exc:
             # Ray gives a new local node 30 s (fixed) to register; a busy machine can miss that.
@@ -45,6 +54,25 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     ctx.enable_progress_bars = False  # PathRay draws its own progress
     ctx.print_on_execution_start = False
     logging.getLogger("ray.data").setLevel(logging.WARNING)
+
+
+@contextmanager
+def _loopback_node() -> Iterator[None]:
+    """Keep a local Ray's node address on loopback while it starts.
+
+    Ray's servers (GCS, raylet, workers, dashboard agent and its metrics port) listen on
+    loopback only when the node address is loopback, and on every interface otherwise. But
+    ``ray.init`` replaces a loopback ``_node_ip_address`` with the machine's routable address
+    unless Ray clusters are disabled (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, read once at
+    import as ``ENABLE_RAY_CLUSTER``). The switch is flipped only while the local node starts,
+    so a process that later joins a real cluster still finds its routable address.
+    """
+    enabled = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = enabled
 
 
 def cluster_cpus() -> float:
@@ -61,3 +89,13 @@ def largest_node_cpus() -> float:
 def cluster_gpus() -> float:
     """GPUs of the Ray cluster (0 on CPU-only machines such as CI)."""
     return float(ray.cluster_resources().get("GPU", 0.0))
+
+
+def free_resources() -> tuple[float, float]:
+    """CPUs and GPUs of the cluster that no actor or task holds now.
+
+    What Serve replicas, other runs and idle detached actors hold is not free: a run sized
+    from the cluster's total would wait forever for CPUs they keep.
+    """
+    free = ray.available_resources()
+    return float(free.get("CPU", 0.0)), float(free.get("GPU", 0.0))

@@ -5,7 +5,8 @@ nothing is recorded), then hands it to a *detached* Ray actor that drives it wit
 :func:`~pathray.engine.runner.execute_run`. The driver outlives the process that submitted the
 run (a Serve replica, the Gradio app, a CLI that exits), and reports through the catalog: the
 run's status and per-unit progress, and its events. Cancel with
-:meth:`~pathray.catalog.Catalog.request_cancel`; the driver stops between batches.
+:meth:`~pathray.catalog.Catalog.request_cancel`; the driver stops within a second or two, even
+before the first batch, and then exits, taking the run's stage actors (which it owns) with it.
 
 Example:
     >>> run_id = submit_run(catalog, store, load_preset("nuclei"), "he")  # doctest: +SKIP
@@ -45,16 +46,20 @@ def driver_name(run_id: str) -> str:
 class RunDriver:
     """Drives one run to its end, then exits (a detached Ray actor, holding no CPU)."""
 
-    def execute(self, catalog: Catalog, store: ColdStore, run_id: str) -> str:
-        """Run the pipeline; the outcome is in the catalog. Returns the final status."""
-        status = "failed"
+    def execute(self, catalog: Catalog, store: ColdStore, run_id: str) -> None:
+        """Run the pipeline, then exit; the outcome is in the catalog.
+
+        Exiting ends the actors the run started (Ray ends an actor with its owner): those of a
+        run cancelled before its first batch are still starting or computing it, and idle
+        detached drivers would each keep a process.
+        """
         try:
-            status = execute_run(catalog, store, run_id).status
+            execute_run(catalog, store, run_id)
         except Exception:  # recorded in the catalog by execute_run
             log.exception("run %s failed", run_id)
         finally:
             catalog.close()
-        return status
+        ray.actor.exit_actor()
 
     def ping(self) -> bool:
         """Whether the driver is alive (answers while a run is being driven)."""
@@ -68,6 +73,7 @@ def submit_run(
     image_set: str,
     *,
     requester: str = "system",
+    owner: str | None = None,
     ray_address: str | None = None,
 ) -> str:
     """Record a run and start it in the background on Ray; return its id at once.
@@ -78,6 +84,7 @@ def submit_run(
         spec: The pipeline.
         image_set: The image set to process.
         requester: Who asked for the run.
+        owner: The API client the run belongs to (None: an internal run).
         ray_address: Ray cluster to use (None: ``RAY_ADDRESS`` or a local Ray).
 
     Returns:
@@ -87,7 +94,7 @@ def submit_run(
         ConfigError: The spec is invalid (nothing is recorded).
         NotFoundError: The image set or a model version does not exist.
     """
-    run_id = prepare_run(catalog, store, spec, image_set, requester=requester)
+    run_id = prepare_run(catalog, store, spec, image_set, requester=requester, owner=owner)
     try:
         ensure_ray(ray_address)
         driver: Any = RunDriver.options(  # type: ignore[attr-defined]

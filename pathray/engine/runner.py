@@ -10,7 +10,9 @@ rows of one clean run.
 from __future__ import annotations
 
 import logging
+import queue
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,13 +27,19 @@ import ray
 
 from pathray import __version__
 from pathray.catalog import Catalog
-from pathray.engine.cluster import cluster_cpus, cluster_gpus, ensure_ray, largest_node_cpus
+from pathray.engine.cluster import (
+    cluster_cpus,
+    cluster_gpus,
+    ensure_ray,
+    free_resources,
+    largest_node_cpus,
+)
 from pathray.engine.lineage import register_lineage
 from pathray.engine.models import ResolvedModel, resolve_models
 from pathray.engine.monitor import RunMonitor, monitor_name
 from pathray.engine.plan import Plan, plan_run
 from pathray.engine.stages import UnitStage
-from pathray.errors import ConfigError
+from pathray.errors import ConfigError, ResourceError
 from pathray.pipeline.spec import PipelineSpec, UnitSpec
 from pathray.results.store import ColdStore
 from pathray.slides.source import tile_dataset
@@ -40,6 +48,13 @@ from pathray.units.registry import unit_path
 
 log = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]
+
+#: The smallest CPU share of a stage actor or a read task: a run needs that much free for one
+#: actor of every stage and a read task, or it is refused.
+MIN_SHARE_CPUS = 0.05
+#: Seconds a run waits for those CPUs to come free (actors of a run that just ended release
+#: theirs shortly after it) before it is refused.
+RESOURCE_WAIT_S = 30.0
 
 
 @dataclass
@@ -122,12 +137,13 @@ def stored_schemas(order: list[tuple[UnitSpec, type[Unit]]]) -> tuple[pa.Schema,
 
 
 def _stage_resources(
-    order: list[tuple[UnitSpec, type[Unit]]],
+    order: list[tuple[UnitSpec, type[Unit]]], free_cpus: float
 ) -> tuple[list[dict[str, Any]], float]:
-    """Ray resources of the unit stages and of a read task, fitted to the cluster.
+    """Ray resources of the unit stages and of a read task, fitted to the free CPUs.
 
-    Actors hold their CPUs while idle, so the declared CPUs are fitted to the budget (the
-    cluster's CPUs less one read task's):
+    Actors hold their CPUs while idle, so the declared CPUs are fitted to the budget (the CPUs
+    nothing else holds, less one read task's): what Serve replicas or other runs hold is never
+    counted, or the run would wait forever for it.
 
     - a budget below the declared sum is shared in proportion (one actor of every stage must
       fit beside a read task, else the pipeline would wait forever for a read slot);
@@ -139,12 +155,16 @@ def _stage_resources(
       whole share in one actor (its threads feed the GPU), never beyond what the largest node
       holds beside a read task;
     - a larger budget keeps the declared CPUs, and Ray Data adds actors while work waits.
+
+    Args:
+        order: The pipeline's nodes and unit classes, in topological order.
+        free_cpus: CPUs free for the run (at least what :func:`required_resources` says).
     """
-    total, gpus = cluster_cpus(), cluster_gpus()
-    read_cpus = min(1.0, total * 0.25)
-    budget = total - read_cpus
+    gpus = cluster_gpus()
+    read_cpus = min(1.0, free_cpus * 0.25)
+    budget = free_cpus - read_cpus
     declared = sum(cls.resources.num_cpus for _, cls in order)
-    node_cap = largest_node_cpus() - read_cpus
+    node_cap = min(largest_node_cpus(), free_cpus) - read_cpus
     stages = []
     for _, cls in order:
         on_gpu = bool(cls.resources.num_gpus and gpus)
@@ -175,6 +195,64 @@ def _stage_resources(
     return stages, read_cpus
 
 
+def required_resources(order: list[tuple[UnitSpec, type[Unit]]]) -> tuple[float, float]:
+    """The free CPUs and GPUs a run needs to start: one actor of every stage and a read task.
+
+    Each CPU share can shrink to :data:`MIN_SHARE_CPUS`; a GPU stage needs its GPUs whole
+    (on a cluster that has GPUs at all; elsewhere it runs on CPUs).
+    """
+    gpus = sum(cls.resources.num_gpus for _, cls in order) if cluster_gpus() else 0.0
+    return round(MIN_SHARE_CPUS * (len(order) + 1), 6), float(gpus)
+
+
+def await_resources(
+    order: list[tuple[UnitSpec, type[Unit]]],
+    cancelled: Callable[[], bool],
+    wait_s: float = RESOURCE_WAIT_S,
+    poll_s: float = 0.5,
+    notify: Callable[[str], Any] | None = None,
+) -> float | None:
+    """Wait until one actor of every stage fits in what the cluster has free.
+
+    Args:
+        order: The pipeline's nodes and unit classes, in topological order.
+        cancelled: Whether the run was cancelled meanwhile (asked at every poll).
+        wait_s: Seconds to wait at most.
+        poll_s: Seconds between two looks.
+        notify: Told once, in words, that the run waits (the run's event log).
+
+    Returns:
+        The free CPUs (the run's budget), or None when the run was cancelled while waiting.
+
+    Raises:
+        ResourceError: Still too few free resources after ``wait_s`` seconds.
+    """
+    need_cpus, need_gpus = required_resources(order)
+    deadline = time.monotonic() + wait_s
+    while True:
+        cpus, gpus = free_resources()
+        if cpus >= need_cpus and gpus >= need_gpus:
+            return cpus
+        if cancelled():
+            return None
+        if notify is not None:
+            notify(
+                f"waiting for {need_cpus:.2f} free CPUs (got {cpus:.2f}) to start one actor of "
+                f"each stage, at most {wait_s:g} s"
+            )
+            notify = None
+        if time.monotonic() >= deadline:
+            gpu_note = f" and {need_gpus:g} GPUs (got {gpus:g})" if need_gpus else ""
+            raise ResourceError(
+                f"A run must find at least {need_cpus:.2f} free CPUs{gpu_note}: one actor of "
+                f"each of its {len(order)} stages and a read task. Got {cpus:.2f} free of the "
+                f"cluster's {cluster_cpus():g} after waiting {wait_s:g} s; the rest is held by "
+                "Serve replicas or other runs. Give Ray more CPUs, serve the units with fewer "
+                "(ServeArgs.unit_cpus), or retry when other runs have finished."
+            )
+        time.sleep(poll_s)
+
+
 def build_dataset(
     spec: PipelineSpec,
     refs: pa.Table,
@@ -182,6 +260,7 @@ def build_dataset(
     block_rows: int = 32,
     models: dict[str, ResolvedModel] | None = None,
     monitor: str | None = None,
+    free_cpus: float | None = None,
 ) -> ray.data.Dataset:
     """The Ray Data pipeline of a run: tiles -> unit stages, the last one staging the results.
 
@@ -192,11 +271,14 @@ def build_dataset(
         block_rows: Tiles per block read.
         models: Node id -> the model its unit loads.
         monitor: Name of the run's monitor actor (per-unit progress and logs), if any.
+        free_cpus: CPUs the run may take (default: those free in the cluster now).
     """
     models = models or {}
     order = [(node, spec.unit_class(node)) for node in spec.ordered()]
     tile_schema, object_schema = stored_schemas(order)
-    stages, read_cpus = _stage_resources(order)
+    if free_cpus is None:
+        free_cpus = free_resources()[0]
+    stages, read_cpus = _stage_resources(order, free_cpus)
     ds = tile_dataset(refs, block_rows=block_rows, num_cpus=read_cpus)
     marker_cols = tuple(c for c in tile_schema.names if c not in TILE_KEYS)
     emits = any(cls.emits_objects() for _, cls in order)
@@ -247,6 +329,7 @@ def prepare_run(
     image_set: str,
     *,
     requester: str = "system",
+    owner: str | None = None,
 ) -> str:
     """Validate a pipeline, pin its unit and model versions and record a pending run.
 
@@ -258,6 +341,7 @@ def prepare_run(
         spec: The pipeline.
         image_set: Name of the image set to process.
         requester: Who asked for the run.
+        owner: The API client the run belongs to (None: an internal run).
 
     Returns:
         The new run's id (status ``pending``).
@@ -278,6 +362,7 @@ def prepare_run(
         code_version=code,
         image_set=image_set,
         requester=requester,
+        owner=owner,
     )
 
 
@@ -334,9 +419,11 @@ def execute_run(
 ) -> RunResult:
     """Drive a recorded run: plan, stream the unit stages, commit, record locations.
 
-    Honours cancel requests between batches (staged results are kept, so the run can be
-    resumed), reports per-unit progress into the run's progress document and forwards the
-    units' log records to the run's events.
+    Honours cancel requests at any time: while it waits for free CPUs, before the first batch
+    and between batches (staged results are kept, so the run can be resumed); waits at most
+    :data:`RESOURCE_WAIT_S` for the CPUs of one actor per stage, then fails with the reason.
+    Reports per-unit progress into the run's progress document and forwards the units' log
+    records to the run's events.
 
     Args:
         catalog: The hot catalog.
@@ -356,6 +443,7 @@ def execute_run(
         return RunResult(run_id=run_id, status="cancelled")
     spec = PipelineSpec.model_validate(run.spec)
     order = spec.ordered()
+    order_units = [(node, spec.unit_class(node)) for node in order]
     catalog.update_run(run_id, status="running")
     monitor: Any = None
     try:
@@ -373,37 +461,30 @@ def execute_run(
         )
         tracker.sync(None)
         tracker.phase("plan")
-        processed, cancelled = 0, False
+        processed, cancelled, free_cpus = 0, False, None
         if pending.num_rows:
+            free_cpus = await_resources(
+                order_units, lambda: catalog.cancel_requested(run_id), notify=tracker.event
+            )
+            cancelled = free_cpus is None
+        if pending.num_rows and not cancelled:
             monitor = RunMonitor.options(name=monitor_name(run_id)).remote()  # type: ignore[attr-defined]
             dataset = build_dataset(
-                spec, pending, store.staging(run_id), models=models, monitor=monitor_name(run_id)
+                spec,
+                pending,
+                store.staging(run_id),
+                models=models,
+                monitor=monitor_name(run_id),
+                free_cpus=free_cpus,
             )
-            batches = dataset.iter_batches(batch_size=None, batch_format="numpy")
-            last_sync = time.monotonic()
-            for batch in batches:
-                if "first_batch" not in tracker.phases:
-                    tracker.phase("first_batch")
-                n = int(pc.sum(pa.array(batch["tiles"])).as_py() or 0)
-                processed += n
-                tracker.done += n
-                if progress:
-                    progress(tracker.done, total)
-                if time.monotonic() - last_sync > 1.0:
-                    tracker.sync(monitor)
-                    last_sync = time.monotonic()
-                    if catalog.cancel_requested(run_id):
-                        cancelled = True
-                        break
-            close = getattr(batches, "close", None)
-            if close is not None:
-                close()  # stops the streaming executor when we left early
+            processed, cancelled = _stream(dataset, tracker, monitor, progress)
             tracker.phase("stream")
             tracker.sync(monitor)
         if cancelled:
             tracker.event(
-                f"cancelled after {tracker.done} of {total} tiles; staged results kept "
-                f"(resume with: pathray run --resume {run_id})"
+                f"cancelled after {tracker.done} of {total} tiles"
+                + ("; staged results kept" if tracker.done > tracker.base else "")
+                + f" (resume with: pathray run --resume {run_id})"
             )
             catalog.update_run(run_id, status="cancelled", progress=tracker.document())
             return RunResult(
@@ -447,6 +528,70 @@ def execute_run(
         tiles_processed=processed,
         phases=tracker.phases,
     )
+
+
+def _stream(
+    dataset: ray.data.Dataset, tracker: _Tracker, monitor: Any, progress: Progress | None
+) -> tuple[int, bool]:
+    """Stream a run's batches, watching for a cancel even while no batch comes.
+
+    The batches are pulled in a thread of their own: the first one can take minutes (actors
+    starting, models loading), and a cancel must be seen meanwhile. Once cancelled, the
+    puller stops at its next batch (Ray Data then shuts the stream down); a run driver's
+    actors go with its process (see :class:`~pathray.engine.jobs.RunDriver`).
+
+    Returns:
+        Tiles processed, and whether the run was cancelled.
+    """
+    counts: queue.Queue[int | BaseException | None] = queue.Queue()
+    stop = threading.Event()
+    puller = threading.Thread(
+        target=_pull, args=(dataset, counts, stop), name="pathray-batches", daemon=True
+    )
+    puller.start()
+    processed, last_sync = 0, time.monotonic()
+    try:
+        while True:
+            try:
+                item = counts.get(timeout=0.25)
+            except queue.Empty:
+                item = 0
+            if isinstance(item, BaseException):
+                raise item
+            if item is None:
+                return processed, False
+            if item:
+                if "first_batch" not in tracker.phases:
+                    tracker.phase("first_batch")
+                processed += item
+                tracker.done += item
+                if progress:
+                    progress(tracker.done, tracker.total)
+            if time.monotonic() - last_sync > 1.0:
+                tracker.sync(monitor)
+                last_sync = time.monotonic()
+                if tracker.catalog.cancel_requested(tracker.run_id):
+                    return processed, True
+    finally:
+        stop.set()  # a no-op once the stream ended; else the puller leaves at its next batch
+
+
+def _pull(
+    dataset: ray.data.Dataset,
+    counts: queue.Queue[int | BaseException | None],
+    stop: threading.Event,
+) -> None:
+    """Put the tile count of each batch into ``counts``, then None (or the error raised)."""
+    try:
+        for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+            # leaving the loop closes Ray Data's iterator, which shuts the stream down
+            if stop.is_set():
+                return
+            counts.put(int(pc.sum(pa.array(batch["tiles"])).as_py() or 0))
+    except BaseException as exc:  # handed to the driver thread, which raises it
+        counts.put(exc)
+        return
+    counts.put(None)
 
 
 class _Tracker:

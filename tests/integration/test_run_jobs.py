@@ -7,10 +7,11 @@ from collections.abc import Iterator
 
 import pyarrow as pa
 import pytest
+import ray
 
 from pathray.catalog import Catalog
 from pathray.engine.cluster import ensure_ray
-from pathray.engine.jobs import RunTimeoutError, submit_run, wait_run
+from pathray.engine.jobs import RunTimeoutError, driver_alive, submit_run, wait_run
 from pathray.engine.runner import run_pipeline
 from pathray.errors import ConfigError
 from pathray.pipeline.spec import PipelineSpec
@@ -106,3 +107,85 @@ def test_cancel_stops_a_running_run_and_resume_completes_it(
     assert resumed.tiles_processed + staged == run.progress["tiles_total"]
     clean = run_pipeline(catalog, store, spec, "ki67")
     assert _sorted(store.read(run_id)).equals(_sorted(store.read(clean.run_id)))
+
+
+@ray.remote(num_cpus=0)
+class _Holder:
+    """Holds CPUs the way Serve's unit replicas do (logical CPUs, held while idle)."""
+
+    def ready(self) -> bool:
+        return True
+
+
+def _hold(cpus: float) -> object:
+    holder = _Holder.options(num_cpus=cpus).remote()  # type: ignore[attr-defined]
+    assert ray.get(holder.ready.remote(), timeout=120)
+    return holder
+
+
+def _wait_for_event(catalog: Catalog, run_id: str, prefix: str, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        run = catalog.get_run(run_id)
+        assert not run.finished, (run.status, run.error)
+        if any(e.message.startswith(prefix) for e in catalog.run_events(run_id)):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"no event {prefix!r}: {[e.message for e in catalog.run_events(run_id)]}")
+
+
+def _all_cpus_free_again(timeout: float = 90) -> bool:
+    """Whether every CPU of the 2-CPU Ray comes free (no stage actor or driver left holding)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if ray.available_resources().get("CPU", 0.0) >= 2.0 - 1e-6:
+            return True
+        time.sleep(0.5)
+    return False
+
+
+def test_a_run_fits_in_the_cpus_that_others_leave_free(env: tuple[Catalog, ColdStore]) -> None:
+    """Serve's units hold 1.5 of the 2 CPUs: the run starts in the 0.5 left, not never."""
+    catalog, store = env
+    holder = _hold(1.5)
+    try:
+        run_id = submit_run(catalog, store, PipelineSpec.from_yaml(SPEC.format(delay=0)), "ki67")
+        run = wait_run(catalog, run_id, timeout=300)
+        assert run.status == "succeeded", run.error
+        assert run.progress["tiles_done"] == run.progress["tiles_total"] > 0
+    finally:
+        ray.kill(holder)
+
+
+def test_cancel_ends_a_run_waiting_for_cpus(env: tuple[Catalog, ColdStore]) -> None:
+    catalog, store = env
+    holder = _hold(2.0)
+    try:
+        run_id = submit_run(catalog, store, PipelineSpec.from_yaml(SPEC.format(delay=0)), "ki67")
+        _wait_for_event(catalog, run_id, "waiting for 0.15 free CPUs (got 0.00)")
+        catalog.request_cancel(run_id, actor="bob")
+        run = wait_run(catalog, run_id, timeout=20)
+        assert run.status == "cancelled" and run.progress["tiles_done"] == 0
+    finally:
+        ray.kill(holder)
+    assert _all_cpus_free_again()
+
+
+def test_cancel_before_the_first_batch_ends_the_run_and_frees_its_cpus(
+    env: tuple[Catalog, ColdStore],
+) -> None:
+    """The blobs unit takes 10 s per batch: the cancel lands long before the first one."""
+    catalog, store = env
+    run_id = submit_run(catalog, store, PipelineSpec.from_yaml(SPEC.format(delay=10)), "ki67")
+    _wait_for_event(catalog, run_id, "planned ")
+    catalog.request_cancel(run_id, actor="bob")
+    run = wait_run(catalog, run_id, timeout=8)
+    assert run.status == "cancelled" and run.progress["tiles_done"] == 0
+    assert run.finished_at is not None and run.cancel_requested_at is not None
+    assert (run.finished_at - run.cancel_requested_at).total_seconds() < 5
+    messages = [e.message for e in catalog.run_events(run_id)]
+    assert any(
+        m.startswith(f"cancelled after 0 of {run.progress['tiles_total']}") for m in messages
+    )
+    # the driver exits, and the stage actors it started go with it
+    assert _all_cpus_free_again() and not driver_alive(run_id)

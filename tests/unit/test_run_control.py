@@ -86,3 +86,26 @@ def test_progress_updates_are_not_audited_but_status_changes_are(catalog: Catalo
     entries = catalog.audit_entries("run", run_id)
     assert len(entries) == before + 1
     assert entries[-1].details["progress"] == {"tiles_done": 5}
+
+
+def test_a_run_records_its_owner_and_the_owner_activity_counts_it(catalog: Catalog) -> None:
+    _run(catalog)  # an internal run: no owner, counted for nobody
+    start = datetime.now(UTC)
+    mine = catalog.create_run(
+        pipeline_name="p", pipeline_version="1", image_set="set", owner="client-a"
+    )
+    catalog.create_run(pipeline_name="p", pipeline_version="1", image_set="set", owner="client-b")
+    done = catalog.create_run(
+        pipeline_name="p", pipeline_version="1", image_set="set", owner="client-a"
+    )
+    catalog.update_run(done, status="running")
+    catalog.update_run(done, status="succeeded")
+    assert catalog.get_run(mine).owner == "client-a"
+    assert catalog.get_run(_run(catalog)).owner is None
+    active, created = catalog.owner_activity("client-a", since=start)
+    assert active == 1  # the succeeded run no longer counts against a quota
+    assert len(created) == 2 and created == sorted(created) and created[0] >= start
+    assert catalog.owner_activity("client-a", since=datetime.now(UTC))[1] == []
+    assert catalog.owner_activity("nobody", since=start) == (0, [])
+    (entry,) = catalog.audit_entries("run", mine)
+    assert entry.action == "create" and entry.details["owner"] == "client-a"
