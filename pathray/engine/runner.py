@@ -32,10 +32,11 @@ from pathray.engine.monitor import RunMonitor, monitor_name
 from pathray.engine.plan import Plan, plan_run
 from pathray.engine.stages import UnitStage
 from pathray.errors import ConfigError
+from pathray.pipeline.resources import node_resources
 from pathray.pipeline.spec import PipelineSpec, UnitSpec
 from pathray.results.store import ColdStore
 from pathray.slides.source import tile_dataset
-from pathray.units.base import OBJECT_KEYS, TILE_KEYS, Unit
+from pathray.units.base import OBJECT_KEYS, TILE_KEYS, Resources, Unit
 from pathray.units.registry import unit_path
 
 log = logging.getLogger(__name__)
@@ -121,10 +122,31 @@ def stored_schemas(order: list[tuple[UnitSpec, type[Unit]]]) -> tuple[pa.Schema,
     return pa.schema(list(tiles.items())), pa.schema(list(objects.items()))
 
 
-def _stage_resources(
-    order: list[tuple[UnitSpec, type[Unit]]],
-) -> tuple[list[dict[str, Any]], float]:
+def stage_resources(
+    spec: PipelineSpec,
+    order: list[UnitSpec],
+    models: dict[str, ResolvedModel] | None = None,
+) -> list[Resources]:
+    """What one actor of each node asks for: its unit's, its model card's, its node's.
+
+    See :func:`pathray.pipeline.resources.node_resources` for how the three combine.
+    """
+    models = models or {}
+    return [
+        node_resources(
+            spec.unit_class(node).resources,
+            models[node.id].resources if node.id in models else None,
+            node.resources,
+        )
+        for node in order
+    ]
+
+
+def _stage_resources(declared: list[Resources]) -> tuple[list[dict[str, Any]], float]:
     """Ray resources of the unit stages and of a read task, fitted to the cluster.
+
+    A stage's GPU share is kept where the cluster has GPUs and dropped where it has none (the
+    unit then computes on CPUs).
 
     Actors hold their CPUs while idle, so the declared CPUs are fitted to the budget (the
     cluster's CPUs less one read task's):
@@ -143,20 +165,20 @@ def _stage_resources(
     total, gpus = cluster_cpus(), cluster_gpus()
     read_cpus = min(1.0, total * 0.25)
     budget = total - read_cpus
-    declared = sum(cls.resources.num_cpus for _, cls in order)
+    wanted = sum(r.num_cpus for r in declared)
     node_cap = largest_node_cpus() - read_cpus
     stages = []
-    for _, cls in order:
-        on_gpu = bool(cls.resources.num_gpus and gpus)
-        cpus, initial = cls.resources.num_cpus, 1
-        # The budget is positive, so either branch implies declared > 0.
-        if budget < declared:
-            cpus = cpus * budget / declared
-        elif budget < 2 * declared:
+    for resources in declared:
+        on_gpu = bool(resources.num_gpus and gpus)
+        cpus, initial = resources.num_cpus, 1
+        # The budget is positive, so either branch implies wanted > 0.
+        if budget < wanted:
+            cpus = cpus * budget / wanted
+        elif budget < 2 * wanted:
             if on_gpu:
-                cpus = max(cpus, min(cpus * budget / declared, node_cap))
+                cpus = max(cpus, min(cpus * budget / wanted, node_cap))
             else:
-                cpus, initial = cpus * budget / (2 * declared), 2
+                cpus, initial = cpus * budget / (2 * wanted), 2
         stage: dict[str, Any] = {
             "num_cpus": cpus,
             "compute": ray.data.ActorPoolStrategy(
@@ -166,11 +188,11 @@ def _stage_resources(
             ),
         }
         if on_gpu:
-            stage["num_gpus"] = cls.resources.num_gpus
-        if cls.resources.memory_mb:
-            stage["memory"] = cls.resources.memory_mb * 2**20
-        if cls.resources.custom:
-            stage["resources"] = dict(cls.resources.custom)
+            stage["num_gpus"] = resources.num_gpus
+        if resources.memory_mb:
+            stage["memory"] = resources.memory_mb * 2**20
+        if resources.custom:
+            stage["resources"] = dict(resources.custom)
         stages.append(stage)
     return stages, read_cpus
 
@@ -194,9 +216,10 @@ def build_dataset(
         monitor: Name of the run's monitor actor (per-unit progress and logs), if any.
     """
     models = models or {}
-    order = [(node, spec.unit_class(node)) for node in spec.ordered()]
+    nodes = spec.ordered()
+    order = [(node, spec.unit_class(node)) for node in nodes]
     tile_schema, object_schema = stored_schemas(order)
-    stages, read_cpus = _stage_resources(order)
+    stages, read_cpus = _stage_resources(stage_resources(spec, nodes, models))
     ds = tile_dataset(refs, block_rows=block_rows, num_cpus=read_cpus)
     marker_cols = tuple(c for c in tile_schema.names if c not in TILE_KEYS)
     emits = any(cls.emits_objects() for _, cls in order)

@@ -10,17 +10,13 @@ from pathray.engine import runner
 from pathray.units.base import Resources
 
 
-def _units(*resources: Resources) -> list[tuple[Any, type]]:
-    return [(None, type(f"Unit{i}", (), {"resources": r})) for i, r in enumerate(resources)]
-
-
 def _fit(
     monkeypatch: pytest.MonkeyPatch, cpus: float, gpus: float, *resources: Resources
 ) -> tuple[list[dict[str, Any]], float]:
     monkeypatch.setattr(runner, "cluster_cpus", lambda: cpus)
     monkeypatch.setattr(runner, "cluster_gpus", lambda: gpus)
     monkeypatch.setattr(runner, "largest_node_cpus", lambda: cpus)
-    return runner._stage_resources(_units(*resources))
+    return runner._stage_resources(list(resources))
 
 
 def test_two_cpus_run_two_single_threaded_actors_of_one_unit(
