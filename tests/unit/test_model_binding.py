@@ -20,9 +20,10 @@ from pathray.engine.models import resolve_models
 from pathray.errors import ConfigError
 from pathray.pipeline.bind import check_models
 from pathray.pipeline.infer import infer_pipeline
+from pathray.pipeline.resources import NodeResources, node_resources
 from pathray.pipeline.spec import PipelineSpec
 from pathray.units import registry
-from pathray.units.base import Batch, Column, Unit, UnitConfig
+from pathray.units.base import Batch, Column, Resources, Unit, UnitConfig
 from pipelines.nuclei.default_model import REFERENCE
 from pipelines.nuclei.unet import NucleusUNet
 
@@ -250,3 +251,11 @@ def test_cli_validate_refuses_bad_resources(home: Path, tmp_path: Path) -> None:
     path.write_text("name: p\nunits:\n  - {id: t, unit: tissue_mask, resources: {gpus: -1}}\n")
     out = _cli("pipelines", "validate", str(path), status=2)
     assert "resources.gpus must be a non-negative number. Got -1 instead." in out
+
+
+def test_node_resources_override_the_model_card_which_overrides_the_unit() -> None:
+    declared = Resources(num_cpus=1.0, num_gpus=0.5, memory_mb=256, custom={"slide_io": 1})
+    card = {"cpus": 2.0, "gpus": 1.0, "memory_mb": None}  # None: the card says nothing
+    assert node_resources(declared) == declared
+    merged = node_resources(declared, card, NodeResources(gpus=0.25))
+    assert merged == Resources(num_cpus=2.0, num_gpus=0.25, memory_mb=256, custom={"slide_io": 1})

@@ -54,3 +54,11 @@ def test_a_large_budget_keeps_the_declared_cpus_and_grows_the_pool(
     assert read == 1.0
     assert stage["num_cpus"] == 1.0 and stage["memory"] == 512 * 2**20
     assert stage["compute"].initial_size == 1 and stage["compute"].max_size == 15
+
+
+def test_a_gpu_share_is_dropped_on_a_cluster_without_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    stages, _ = _fit(monkeypatch, 16.0, 0.0, Resources(num_cpus=1.0, num_gpus=0.5))
+    (stage,) = stages
+    assert "num_gpus" not in stage and stage["num_cpus"] == 1.0  # the unit computes on CPUs
+    stages, _ = _fit(monkeypatch, 16.0, 2.0, Resources(num_cpus=1.0, num_gpus=0.5))
+    assert stages[0]["num_gpus"] == 0.5
