@@ -70,23 +70,6 @@ def load_spec(name_or_path: str) -> PipelineSpec:
         ) from None
 
 
-def _model_options(options: list[str]) -> dict[str, str]:
-    """``--model NODE=name@alias`` options as node id -> reference.
-
-    Raises:
-        ConfigError: If an option is not ``NODE=reference`` or names a node twice.
-    """
-    models: dict[str, str] = {}
-    for option in options:
-        node, sep, ref = option.partition("=")
-        if not sep or not node or not ref:
-            raise ConfigError(f"--model must look like NODE=name@alias. Got {option!r} instead.")
-        if node in models:
-            raise ConfigError(f"--model must bind node {node!r} once. Got it twice instead.")
-        models[node] = ref
-    return models
-
-
 def _resources(cls: Any) -> str:
     r = cls.resources
     parts = [f"{r.num_cpus:g} CPU"]
@@ -296,13 +279,14 @@ def pipelines_infer(
     ships (if any) is bound, and the output says so. The order, the parallel groups and the
     models follow as YAML comments, so the output is a valid spec.
     """
+    from pathray.pipeline.bind import parse_bindings
     from pathray.pipeline.dag import parallel_groups
     from pathray.pipeline.infer import infer_pipeline
 
     if mpp is not None and mpp <= 0:
         raise ConfigError(f"--mpp must be positive. Got {mpp} instead.")
     tiling = TilingSpec(mpp=mpp) if mpp is not None else None
-    models = _model_options(model or [])
+    models = parse_bindings(model or [])
     spec = infer_pipeline(units, models=models, tiling=tiling, name=name)
     bound = check_spec_models(spec)
     text = spec.to_yaml()

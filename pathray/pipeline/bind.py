@@ -45,6 +45,31 @@ def parse_model_ref(ref: str) -> tuple[str, str]:
     return name, version
 
 
+def parse_bindings(bindings: list[str]) -> dict[str, str]:
+    """``NODE=name@alias`` bindings (``pipelines infer --model``, the apps) as node -> reference.
+
+    Example:
+        >>> parse_bindings(["nucleus_unet=my-unet@prod"])
+        {'nucleus_unet': 'my-unet@prod'}
+
+    Raises:
+        ConfigError: If a binding is not ``NODE=reference`` or names a node twice.
+    """
+    bound: dict[str, str] = {}
+    for binding in bindings:
+        node, sep, ref = binding.partition("=")
+        if not sep or not node or not ref:
+            raise ConfigError(
+                f"A model binding must look like NODE=name@alias. Got {binding!r} instead."
+            )
+        if node in bound:
+            raise ConfigError(
+                f"A model binding must bind node {node!r} once. Got it twice instead."
+            )
+        bound[node] = ref
+    return bound
+
+
 def version_key(version: str) -> int | str:
     """A reference's version part as the registry takes it: a number, or an alias."""
     return int(version) if version.isdigit() else version
@@ -129,6 +154,37 @@ def check_models(catalog: Catalog, spec: PipelineSpec) -> dict[str, ModelVersion
             ) from None
         bound[node.id] = record
     return bound
+
+
+def fitting_models(catalog: Catalog, cls: type[Unit]) -> list[str]:
+    """The references a node of this unit can bind: registered versions its unit accepts.
+
+    For the custom selection of the apps: each accepted version is offered by its aliases and
+    by its number (newest first), then the model the unit ships if the catalog lacks it.
+
+    Args:
+        catalog: The catalog holding the model registry.
+        cls: The unit class.
+
+    Returns:
+        ``name@alias`` and ``name@version`` references; empty for a unit that loads no model.
+    """
+    if not cls.needs_model:
+        return []
+    refs: list[str] = []
+    for model in catalog.list_models():
+        for version in reversed(catalog.list_model_versions(model.name)):
+            try:
+                cls.check_model(version)
+            except ConfigError:
+                continue
+            refs += [f"{model.name}@{alias}" for alias in version.aliases]
+            refs.append(f"{model.name}@{version.version}")
+    default = bundled_model(cls)
+    registered = {parse_model_ref(ref)[0] for ref in refs}
+    if default and parse_model_ref(default)[0] not in registered:
+        refs.append(default)
+    return refs
 
 
 def _unknown_model(catalog: Catalog, node: UnitSpec, name: str, exc: Exception) -> str:

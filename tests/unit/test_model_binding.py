@@ -18,7 +18,7 @@ from pathray.catalog.records import ModelVersion
 from pathray.cli_pipelines import pipelines_app
 from pathray.engine.models import resolve_models
 from pathray.errors import ConfigError
-from pathray.pipeline.bind import check_models
+from pathray.pipeline.bind import check_models, fitting_models
 from pathray.pipeline.infer import infer_pipeline
 from pathray.pipeline.resources import NodeResources, node_resources
 from pathray.pipeline.spec import PipelineSpec
@@ -259,3 +259,40 @@ def test_node_resources_override_the_model_card_which_overrides_the_unit() -> No
     assert node_resources(declared) == declared
     merged = node_resources(declared, card, NodeResources(gpus=0.25))
     assert merged == Resources(num_cpus=2.0, num_gpus=0.25, memory_mb=256, custom={"slide_io": 1})
+
+
+def test_fitting_models_offers_the_versions_a_unit_accepts(sqlite_catalog: Catalog) -> None:
+    assert fitting_models(sqlite_catalog, PickyScorer) == []
+    _register(sqlite_catalog, "scorer-05", 0.5)
+    _register(sqlite_catalog, "scorer-025", 0.25)  # refused by the unit: not offered
+    assert fitting_models(sqlite_catalog, PickyScorer) == ["scorer-05@prod", "scorer-05@1"]
+    assert fitting_models(sqlite_catalog, registry.get_unit("tissue_mask")) == []
+    offered = fitting_models(sqlite_catalog, NucleusUNet)
+    assert offered[-1] == REFERENCE  # shipped, not registered yet: offered last
+
+
+def test_the_app_offers_the_fitting_models_of_the_chosen_units(sqlite_catalog: Catalog) -> None:
+    from ui.views import model_choices, selection_state, spec_for
+
+    _register(sqlite_catalog, "scorer-05", 0.5)
+    _register(sqlite_catalog, "scorer-025", 0.25)
+    assert model_choices(sqlite_catalog, ["tissue_mask", "picky_scorer"]) == [
+        "picky_scorer=scorer-05@prod",
+        "picky_scorer=scorer-05@1",
+    ]
+    chosen = [*CLASSIFIER_CHAIN, "nucleus_object_classifier"]
+    _, graph = selection_state(chosen)
+    assert graph.startswith("No pipeline yet: ") and "Got no model instead" in graph
+    _, graph = selection_state(chosen, ["nucleus_object_classifier=scorer-05@prod"])
+    assert "nucleus_object_classifier" in graph and not graph.startswith("No pipeline")
+    spec = spec_for("Custom", None, chosen, ["nucleus_object_classifier=scorer-05@prod"])
+    assert spec.node("nucleus_object_classifier").model == "scorer-05@prod"
+
+
+def test_the_app_builds_with_the_model_picker(sqlite_catalog: Catalog, tmp_path: Path) -> None:
+    from pathray.results.store import ColdStore
+    from ui.gradio_app import build_blocks
+
+    blocks = build_blocks(sqlite_catalog, ColdStore(tmp_path / "cold"))
+    ids = {getattr(block, "elem_id", None) for block in blocks.blocks.values()}
+    assert {"pr-units", "pr-models"} <= ids
