@@ -286,8 +286,9 @@ def prepare_run(
         The new run's id (status ``pending``).
 
     Raises:
-        ConfigError: If the spec is invalid.
-        NotFoundError: If the image set or a model version does not exist.
+        ConfigError: If the spec is invalid, or a model is unknown or refused by its unit
+            (the reason and the closest registered names are in the message).
+        NotFoundError: If the image set does not exist.
     """
     spec.ordered()  # validate before recording anything
     models = resolve_models(catalog, spec, store.root)

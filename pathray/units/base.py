@@ -131,8 +131,7 @@ class Unit(ABC):
     outputs: ClassVar[tuple[Column, ...]] = ()
     resources: ClassVar[Resources] = Resources()
     batch_size: ClassVar[int] = 16
-    #: Whether the unit loads a model (``artifacts["model"]``): a pipeline node of such a unit
-    #: must bind one (``model: name@alias``), and a node of any other unit must not.
+    #: Whether the unit loads a model (``artifacts["model"]``), bound by a node's ``model``.
     needs_model: ClassVar[bool] = False
 
     def __init__(
@@ -198,17 +197,17 @@ class Unit(ABC):
         """Microns per pixel the unit works at (its config's ``mpp`` field), if any."""
         return getattr(cls.validate_config(config), "mpp", None)
 
-    @classmethod  # noqa: B027 - optional hook, accepting every model by default
+    @classmethod  # noqa: B027 - optional hook, accepts any version by default
     def check_model(cls, version: ModelVersion) -> None:
-        """Refuse a registered model version that does not fit this unit (default: accept).
+        """Check that a model version fits the unit (task, classes, resolution).
 
-        Validation calls it for every node that binds a model, before anything runs.
+        Validation calls it for every node with a model; the default accepts any version.
 
         Args:
-            version: The model version the node names (its ``card`` describes the model).
+            version: The registered model version the node binds.
 
         Raises:
-            ConfigError: With the reason (task, classes or resolution) the model does not fit.
+            ConfigError: With the reason, when the version does not fit.
         """
 
     def setup(self) -> None:  # noqa: B027 - optional hook, empty by default
