@@ -296,3 +296,19 @@ def test_the_app_builds_with_the_model_picker(sqlite_catalog: Catalog, tmp_path:
     blocks = build_blocks(sqlite_catalog, ColdStore(tmp_path / "cold"))
     ids = {getattr(block, "elem_id", None) for block in blocks.blocks.values()}
     assert {"pr-units", "pr-models"} <= ids
+
+
+def test_pathray_run_refuses_a_model_unit_without_a_model_before_running(
+    home: Path, tmp_path: Path
+) -> None:
+    from pathray.cli import app as main_app
+
+    spec = infer_pipeline(["tissue_mask", "nucleus_unet"])
+    unbound = spec.node("nucleus_unet").model_copy(update={"model": None})
+    path = tmp_path / "p.yaml"
+    path.write_text(spec.model_copy(update={"units": (spec.units[0], unbound)}).to_yaml())
+    result = runner.invoke(main_app, ["run", str(path), "--set", "S"])
+    assert result.exit_code == 2, result.output
+    assert "'nucleus_unet' (nucleus_unet) loads a model, so it must bind one" in result.output
+    with Catalog.open(f"sqlite:///{home / 'catalog.db'}") as catalog:
+        assert catalog.list_runs() == []  # refused before anything was recorded
