@@ -237,8 +237,8 @@ def pipelines_validate(pipeline: SpecArg) -> None:
         f"valid: {spec.name} v{spec.version}, {len(order)} unit(s); "
         f"order: {' -> '.join(n.id for n in order)}"
     )
-    for node_id, model in models.items():
-        typer.echo(f"model: {node_id} <- {model}")
+    for node_id, described in models.items():
+        typer.echo(f"model: {node_id} <- {described}")
 
 
 @pipelines_app.command("graph")
@@ -293,9 +293,9 @@ def pipelines_infer(
     typer.echo(text, nl=False)
     typer.echo(f"# order: {' -> '.join(n.id for n in spec.units)}")
     typer.echo(f"# parallel groups: {parallel_groups(spec)}")
-    for node_id, model in bound.items():
+    for node_id, described in bound.items():
         default = "; bound by default, choose another with --model" if node_id not in models else ""
-        typer.echo(f"# model: {node_id} <- {model}{default}")
+        typer.echo(f"# model: {node_id} <- {described}{default}")
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text)

@@ -81,7 +81,8 @@ def bundled_model(cls: type[Unit]) -> str | None:
     return ref
 
 
-def _label(node: UnitSpec) -> str:
+def label(node: UnitSpec) -> str:
+    """How messages name a node: ``'segment' (nucleus_segmentation)``."""
     return f"{node.id!r} ({node.unit})"
 
 
@@ -101,20 +102,20 @@ def check_bindings(spec: PipelineSpec, classes: dict[str, type[Unit]]) -> None:
             default = bundled_model(cls)
             hint = f" (its unit ships {default})" if default else ""
             raise ConfigError(
-                f"Node {_label(node)} loads a model, so it must bind one with "
+                f"Node {label(node)} loads a model, so it must bind one with "
                 f"'model: name@alias' or 'model: name@version'{hint}; `pathray models list` "
                 f"shows the registered ones. Got no model instead."
             )
         if not cls.needs_model and node.model is not None:
             raise ConfigError(
-                f"Node {_label(node)} loads no model, so it must not bind one. "
+                f"Node {label(node)} loads no model, so it must not bind one. "
                 f"Got model {node.model!r} instead."
             )
         if node.model is not None:
             try:
                 parse_model_ref(node.model)
             except ConfigError as exc:
-                raise ConfigError(f"Node {_label(node)}: {exc}") from None
+                raise ConfigError(f"Node {label(node)}: {exc}") from None
 
 
 def check_models(catalog: Catalog, spec: PipelineSpec) -> dict[str, ModelVersion | None]:
@@ -150,7 +151,7 @@ def check_models(catalog: Catalog, spec: PipelineSpec) -> dict[str, ModelVersion
             cls.check_model(record)
         except ConfigError as exc:
             raise ConfigError(
-                f"Node {_label(node)}: model {node.model!r} does not fit the unit: {exc}"
+                f"Node {label(node)}: model {node.model!r} does not fit the unit: {exc}"
             ) from None
         bound[node.id] = record
     return bound
@@ -196,7 +197,7 @@ def _unknown_model(catalog: Catalog, node: UnitSpec, name: str, exc: Exception) 
         {m.name for m in catalog.list_models()} | set(_bundled_names()),
     )
     if name in names:  # the model exists; its version or alias does not
-        return f"Node {_label(node)} model {node.model!r} must name a registered version: {exc}"
+        return f"Node {label(node)} model {node.model!r} must name a registered version: {exc}"
     close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
     if close:
         hint = f" Closest known models: {', '.join(close)}."
@@ -205,7 +206,7 @@ def _unknown_model(catalog: Catalog, node: UnitSpec, name: str, exc: Exception) 
     else:
         hint = " No model is registered yet (`pathray models list`)."
     return (
-        f"Node {_label(node)} model must be registered in the catalog. "
+        f"Node {label(node)} model must be registered in the catalog. "
         f"Got unknown model {name!r} instead.{hint}"
     )
 

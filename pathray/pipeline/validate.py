@@ -23,7 +23,7 @@ import math
 from typing import TYPE_CHECKING
 
 from pathray.errors import ConfigError
-from pathray.pipeline.bind import check_bindings
+from pathray.pipeline.bind import check_bindings, label
 from pathray.pipeline.graph import ancestors, topological_order
 from pathray.units.base import OBJECT_KEYS, Unit
 from pathray.units.registry import producers
@@ -42,11 +42,6 @@ def stream_phase(cls: type[Unit]) -> int:
     if cls.input_granularity() == "object":
         return 2
     return 1 if cls.emits_objects() else 0
-
-
-def label(node: UnitSpec) -> str:
-    """How messages name a node: ``'segment' (nucleus_segmentation)``."""
-    return f"{node.id!r} ({node.unit})"
 
 
 def validate(spec: PipelineSpec) -> list[UnitSpec]:

@@ -176,7 +176,8 @@ def test_node_resources_round_trip_through_yaml() -> None:
     text = spec.to_yaml()
     assert "resources: {cpus: 1.0, gpus: 0.25}" in text
     again = PipelineSpec.from_yaml(text)
-    assert again == spec and again.node("score").resources.gpus == 0.25
+    assert again == spec
+    assert again.node("score").resources == NodeResources(cpus=1.0, gpus=0.25)
 
 
 # -- the CLI: exit status 2 with the reason ----------------------------------------------------
