@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from pathray.catalog import Catalog
     from pathray.engine.cluster import free_resources
     from pathray.engine.plan import plan_run
-    from pathray.engine.runner import _stage_resources, run_pipeline
+    from pathray.engine.runner import _stage_resources, run_pipeline, stage_resources
     from pathray.pipeline.spec import PipelineSpec
     from pathray.results.store import ColdStore
     from pathray.slides.register import register_slides
@@ -118,8 +118,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         spec = PipelineSpec.from_yaml(chain_spec(args.units, mpp))
         start_ray(args.cpus)
         refs = plan_run(catalog, [slide_id], spec.tiling).refs
-        order = [(node, spec.unit_class(node)) for node in spec.ordered()]
-        stages, read_cpus = _stage_resources(order, free_resources()[0])
+        declared = stage_resources(spec, spec.ordered())
+        stages, read_cpus = _stage_resources(declared, free_resources()[0])
         bare_stage = dict(stages[0])
         times: dict[str, list[float]] = {"bare": [], "engine stream": [], "engine run": []}
         tiles: dict[str, int] = {}

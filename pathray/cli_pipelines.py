@@ -195,16 +195,50 @@ def pipelines_show(pipeline: SpecArg) -> None:
     typer.echo(f"spec hash: {spec.spec_hash()}")
 
 
+def check_spec_models(spec: PipelineSpec) -> dict[str, str]:
+    """Check a spec's models against the catalog (PATHRAY_HOME).
+
+    Returns:
+        Node id -> its model and where it comes from, for the nodes that bind one.
+
+    Opens the catalog only when a node binds a model.
+
+    Raises:
+        ConfigError: If a model is unknown (with the closest registered names) or does not fit
+            its unit.
+    """
+    if not any(node.model for node in spec.units):
+        return {}
+    from pathray.cli import _catalog
+    from pathray.pipeline.bind import check_models
+
+    with _catalog() as catalog:
+        bound = check_models(catalog, spec)
+    described = {}
+    for node_id, record in bound.items():
+        node = spec.node(node_id)
+        what = (
+            f"shipped with {node.unit}, registered on the first run"
+            if record is None
+            else f"version {record.version}"
+        )
+        described[node_id] = f"{node.model} ({what})"
+    return described
+
+
 @pipelines_app.command("validate")
 @friendly
 def pipelines_validate(pipeline: SpecArg) -> None:
-    """Validate a pipeline spec; exit status 2 with the reason if it is invalid."""
+    """Validate a pipeline spec and its models; exit status 2 with the reason if invalid."""
     spec = load_spec(pipeline)
     order = spec.ordered()
+    models = check_spec_models(spec)
     typer.echo(
         f"valid: {spec.name} v{spec.version}, {len(order)} unit(s); "
         f"order: {' -> '.join(n.id for n in order)}"
     )
+    for node_id, described in models.items():
+        typer.echo(f"model: {node_id} <- {described}")
 
 
 @pipelines_app.command("graph")
@@ -231,22 +265,37 @@ def pipelines_infer(
         float | None, typer.Option(help="Tiling resolution (default: the units' own).")
     ] = None,
     out: Annotated[Path | None, typer.Option(help="Also write the YAML to this file.")] = None,
+    model: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--model",
+            help="NODE=name@alias (or name@version): the model a unit's node binds; repeatable.",
+        ),
+    ] = None,
 ) -> None:
     """Order chosen units into a pipeline from their inputs and outputs; print its YAML.
 
-    The order and the parallel groups follow as YAML comments, so the output is a valid spec.
+    A unit that loads a model binds the one given with --model; without it, the model the unit
+    ships (if any) is bound, and the output says so. The order, the parallel groups and the
+    models follow as YAML comments, so the output is a valid spec.
     """
+    from pathray.pipeline.bind import parse_bindings
     from pathray.pipeline.dag import parallel_groups
     from pathray.pipeline.infer import infer_pipeline
 
     if mpp is not None and mpp <= 0:
         raise ConfigError(f"--mpp must be positive. Got {mpp} instead.")
     tiling = TilingSpec(mpp=mpp) if mpp is not None else None
-    spec = infer_pipeline(units, tiling=tiling, name=name)
+    models = parse_bindings(model or [])
+    spec = infer_pipeline(units, models=models, tiling=tiling, name=name)
+    bound = check_spec_models(spec)
     text = spec.to_yaml()
     typer.echo(text, nl=False)
     typer.echo(f"# order: {' -> '.join(n.id for n in spec.units)}")
     typer.echo(f"# parallel groups: {parallel_groups(spec)}")
+    for node_id, described in bound.items():
+        default = "; bound by default, choose another with --model" if node_id not in models else ""
+        typer.echo(f"# model: {node_id} <- {described}{default}")
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text)

@@ -26,6 +26,7 @@ from ray.serve import Application
 from ray.serve.config import BackpressureConfig
 
 from pathray.config import Settings
+from pathray.engine.models import ResolvedModel
 from pathray.pipeline.spec import PipelineSpec
 from serve.inference import NodePlan, PipelineDeployment, UnitDeployment, object_columns, plan_nodes
 from serve.ingress import Ingress
@@ -127,7 +128,7 @@ def _cpu_scale(
     """
     if fixed is not None:
         return dict.fromkeys(deployments, fixed)
-    declared = {key: plan.cls.resources.num_cpus for key, plan in deployments.items()}
+    declared = {key: plan.resources.num_cpus for key, plan in deployments.items()}
     need = sum(declared.values())
     scale = min(1.0, 0.75 * total / need) if total and need else 1.0
     return {key: cpus * scale for key, cpus in declared.items()}
@@ -137,6 +138,31 @@ def _cluster_cpus() -> float:
     import ray
 
     return float(ray.cluster_resources().get("CPU", 0)) if ray.is_initialized() else 0.0
+
+
+def _cluster_gpus() -> float:
+    import ray
+
+    return float(ray.cluster_resources().get("GPU", 0)) if ray.is_initialized() else 0.0
+
+
+def actor_options(plan: NodePlan, cpus: float, cluster_gpus: float) -> dict[str, Any]:
+    """``ray_actor_options`` of a unit deployment's replicas.
+
+    A unit's GPU share (its own, its model card's or its node's) is asked for only where the
+    cluster has GPUs; elsewhere the replica runs on CPUs alone, as in a batch run.
+
+    Args:
+        plan: The node the deployment serves.
+        cpus: CPUs per replica (see :func:`_cpu_scale`).
+        cluster_gpus: GPUs in the cluster (0: none, or unknown).
+    """
+    options: dict[str, Any] = {"num_cpus": cpus}
+    if plan.resources.num_gpus and cluster_gpus:
+        options["num_gpus"] = plan.resources.num_gpus
+    if plan.resources.memory_mb:
+        options["memory"] = plan.resources.memory_mb * 2**20
+    return options
 
 
 def _batch_size(entry: PipelineArgs, plans: list[NodePlan]) -> int:
@@ -165,6 +191,7 @@ def app_builder(args: ServeArgs) -> Application:
         for plan in plans
     }
     cpus = _cpu_scale(deployments, args.unit_cpus, _cluster_cpus())
+    gpus = _cluster_gpus()
     units: dict[str, Application] = {}
     pipelines: dict[str, dict[str, dict[str, Any]]] = {}
     for entry, spec, plans in planned:
@@ -180,7 +207,7 @@ def app_builder(args: ServeArgs) -> Application:
                     max_ongoing_requests=max(entry.max_ongoing_requests, 2 * batch),
                     # its callers are bounded pipelines: a bounded queue never refuses them
                     max_queued_requests=4 * max(entry.max_ongoing_requests, 2 * batch),
-                    ray_actor_options={"num_cpus": cpus[key]},
+                    ray_actor_options=actor_options(plan, cpus[key], gpus),
                 ).bind(plan.stage_kwargs(), batch, entry.batch_wait_timeout_s)
             handles.append(units[key])
         deployment = PipelineDeployment.options(  # type: ignore[attr-defined]
@@ -212,15 +239,15 @@ def app_builder(args: ServeArgs) -> Application:
     ).bind(pipelines, ingress_settings)
 
 
-def model_paths(spec: PipelineSpec, catalog_url: str, cold_root: str) -> dict[str, str]:
-    """Node id -> model artifact path, for the nodes that load a registered model."""
+def model_paths(spec: PipelineSpec, catalog_url: str, cold_root: str) -> dict[str, ResolvedModel]:
+    """Node id -> its checked model (artifact folder, card resources), for the model nodes."""
     if not any(node.model for node in spec.units):
         return {}
     from pathray.catalog import Catalog
     from pathray.engine.models import resolve_models
 
     with Catalog.open(catalog_url) as catalog:
-        return {k: m.path for k, m in resolve_models(catalog, spec, cold_root).items()}
+        return resolve_models(catalog, spec, cold_root)
 
 
 def start(

@@ -25,7 +25,7 @@ import json
 import math
 from collections import defaultdict
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -33,10 +33,11 @@ import shapely
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from pathray.engine.runner import stored_schemas
+from pathray.engine.models import ResolvedModel
+from pathray.engine.runner import stage_resources, stored_schemas
 from pathray.engine.stages import MARKER, UnitStage
 from pathray.pipeline.spec import PipelineSpec, UnitSpec
-from pathray.units.base import PARENT_INDEX, TILE_KEYS, Batch, Unit
+from pathray.units.base import PARENT_INDEX, TILE_KEYS, Batch, Resources, Unit
 from pathray.units.registry import unit_path
 
 #: The column that tells concurrent requests apart inside a shared batch (its value is restored).
@@ -80,6 +81,8 @@ class NodePlan:
     config: dict[str, Any]
     artifacts: dict[str, str] | None
     tile_columns: tuple[str, ...]
+    #: What one replica asks for: the unit's, its model card's and the node's resources.
+    resources: Resources = field(default_factory=Resources)
 
     def stage_kwargs(self) -> dict[str, Any]:
         """Constructor arguments of :class:`UnitStage`."""
@@ -101,29 +104,34 @@ class NodePlan:
         return f"unit-{self.cls.name}-{digest.hexdigest()[:8]}"
 
 
-def plan_nodes(spec: PipelineSpec, models: Mapping[str, str] | None = None) -> list[NodePlan]:
-    """The nodes of a pipeline in engine order, with their stage arguments.
+def plan_nodes(
+    spec: PipelineSpec, models: Mapping[str, ResolvedModel] | None = None
+) -> list[NodePlan]:
+    """The nodes of a pipeline in engine order, with their stage arguments and resources.
 
     Args:
         spec: The pipeline (validated here).
-        models: Node id -> path of the model artifact it loads.
+        models: Node id -> the model it loads (:func:`pathray.engine.models.resolve_models`).
 
     Raises:
         ConfigError: If the pipeline is invalid.
     """
     models = models or {}
-    order = [(node, spec.unit_class(node)) for node in spec.ordered()]
+    nodes = spec.ordered()
+    order = [(node, spec.unit_class(node)) for node in nodes]
     tile_schema, _ = stored_schemas(order)
     markers = tuple(c for c in tile_schema.names if c not in TILE_KEYS)
+    resources = stage_resources(spec, nodes, dict(models))
     return [
         NodePlan(
             node=node,
             cls=cls,
             config=dict(node.config),
-            artifacts={"model": models[node.id]} if node.id in models else None,
+            artifacts={"model": models[node.id].path} if node.id in models else None,
             tile_columns=markers,
+            resources=share,
         )
-        for node, cls in order
+        for (node, cls), share in zip(order, resources, strict=True)
     ]
 
 

@@ -92,6 +92,12 @@ def build_blocks(catalog: Catalog, store: ColdStore) -> gr.Blocks:
                     )
                     run_set = gr.Dropdown(label="Image set", choices=[], elem_id="pr-run-set")
                 units = gr.CheckboxGroup(label="Custom units", choices=[], elem_id="pr-units")
+                models = gr.Dropdown(
+                    label="Models of the chosen units (unit=model@alias)",
+                    choices=[],
+                    multiselect=True,
+                    elem_id="pr-models",
+                )
                 with gr.Row():
                     unit_list = gr.HTML(js_on_load=None)
                     structure = gr.Code(label="Inferred pipeline", language=None, interactive=False)
@@ -207,21 +213,38 @@ def build_blocks(catalog: Catalog, store: ColdStore) -> gr.Blocks:
 
         cancel_btn.click(cancel, run_pick, run_line)
 
-        def choose(chosen: list[str]) -> tuple[Any, ...]:
-            listing, graph = views.selection_state(chosen)
+        def choose(chosen: list[str], picked: list[str] | None) -> tuple[Any, ...]:
+            offered = views.model_choices(catalog, chosen)
+            # one model per unit, and only for units still chosen
+            kept: dict[str, str] = {}
+            for binding in picked or []:
+                if binding in offered:
+                    kept[binding.partition("=")[0]] = binding
+            listing, graph = views.selection_state(chosen, list(kept.values()))
             reasons = views.selectable(chosen)
             allowed = [n for n, why in reasons.items() if why is None or n in chosen]
-            return gr.update(choices=allowed, value=chosen), listing, graph
+            return (
+                gr.update(choices=allowed, value=chosen),
+                gr.update(choices=offered, value=list(kept.values())),
+                listing,
+                graph,
+            )
 
-        units.input(choose, units, [units, unit_list, structure])
+        units.input(choose, [units, models], [units, models, unit_list, structure])
+        models.input(choose, [units, models], [units, models, unit_list, structure])
 
         def start_run(
-            how: str, preset_name: str, chosen: list[str], image_set: str, request: gr.Request
+            how: str,
+            preset_name: str,
+            chosen: list[str],
+            picked: list[str] | None,
+            image_set: str,
+            request: gr.Request,
         ) -> tuple[Any, ...]:
             from pathray.engine.jobs import submit_run
 
             try:
-                spec = views.spec_for(how, preset_name, chosen)
+                spec = views.spec_for(how, preset_name, chosen, picked)
                 ray_ready()
                 run_id = submit_run(catalog, store, spec, image_set, requester=_user(request))
             except PathRayError as exc:
@@ -233,7 +256,7 @@ def build_blocks(catalog: Catalog, store: ColdStore) -> gr.Blocks:
                 views.runs_table(catalog),
             )
 
-        start.click(start_run, [mode, preset, units, run_set], [started, run_pick, runs])
+        start.click(start_run, [mode, preset, units, models, run_set], [started, run_pick, runs])
 
         def start_iteration(
             text: str,
@@ -241,6 +264,7 @@ def build_blocks(catalog: Catalog, store: ColdStore) -> gr.Blocks:
             how: str,
             preset_name: str,
             chosen: list[str],
+            picked: list[str] | None,
             image_set: str,
             request: gr.Request,
         ) -> str:
@@ -248,7 +272,7 @@ def build_blocks(catalog: Catalog, store: ColdStore) -> gr.Blocks:
                 return start_iteration_loop(
                     catalog,
                     store,
-                    views.spec_for(how, preset_name, chosen),
+                    views.spec_for(how, preset_name, chosen, picked),
                     image_set,
                     ref,
                     text,
@@ -258,7 +282,7 @@ def build_blocks(catalog: Catalog, store: ColdStore) -> gr.Blocks:
                 return f"**Not started:** {exc}"
 
         iterate_btn.click(
-            start_iteration, [requirement, reference, mode, preset, units, run_set], started
+            start_iteration, [requirement, reference, mode, preset, units, models, run_set], started
         )
 
         def compare(image_set: str | None, name: str) -> tuple[Any, ...]:

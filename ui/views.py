@@ -15,6 +15,7 @@ from pathray.catalog import Catalog
 from pathray.catalog.records import Run
 from pathray.errors import PathRayError
 from pathray.evaluate.plots import metric_history
+from pathray.pipeline.bind import fitting_models, parse_bindings
 from pathray.pipeline.infer import infer_pipeline
 from pathray.pipeline.render import render_text
 from pathray.pipeline.selection import selectable
@@ -197,11 +198,15 @@ def metric_plot(catalog: Catalog, image_set: str | None, metric: str) -> go.Figu
     return fig
 
 
-def selection_state(chosen: list[str]) -> tuple[str, str]:
+def selection_state(chosen: list[str], models: list[str] | None = None) -> tuple[str, str]:
     """The units list and the inferred pipeline of a custom choice of units.
 
     Units that cannot join the choice are greyed out with the reason; the structure (order and
     parallel branches) is drawn as text.
+
+    Args:
+        chosen: The chosen units.
+        models: Model bindings ``unit=name@alias`` (see :func:`model_choices`).
     """
     reasons = selectable(chosen)
     items = []
@@ -222,15 +227,32 @@ def selection_state(chosen: list[str]) -> tuple[str, str]:
     if not chosen:
         return listing, "Choose units to see the pipeline PathRay infers."
     try:
-        return listing, render_text(infer_pipeline(chosen))
+        return listing, render_text(infer_pipeline(chosen, models=parse_bindings(models or [])))
     except PathRayError as exc:  # an incomplete choice: say what is missing
         return listing, f"No pipeline yet: {exc}"
 
 
-def spec_for(mode: str, preset: str | None, chosen: list[str]) -> PipelineSpec:
-    """The pipeline of a preset, or the one inferred from a custom choice."""
+def model_choices(catalog: Catalog, chosen: list[str]) -> list[str]:
+    """The models the chosen units can bind, as ``unit=name@alias`` choices.
+
+    Each chosen unit that loads a model is offered the registered versions it accepts
+    (:func:`pathray.pipeline.bind.fitting_models`) and the model it ships.
+    """
+    units = available()
+    return [
+        f"{name}={ref}"
+        for name in chosen
+        if name in units
+        for ref in fitting_models(catalog, units[name])
+    ]
+
+
+def spec_for(
+    mode: str, preset: str | None, chosen: list[str], models: list[str] | None = None
+) -> PipelineSpec:
+    """The pipeline of a preset, or the one inferred from a custom choice and its models."""
     if mode == "Preset":
         from pipelines.presets import load_preset
 
         return load_preset(preset or "")
-    return infer_pipeline(chosen)
+    return infer_pipeline(chosen, models=parse_bindings(models or []))

@@ -4,51 +4,55 @@ A node's ``model: "name@version"`` (or ``name@alias``) names a model version; it
 fetched from the content-addressed store (checked against its digest) and unpacked once, and
 the unit receives the folder as ``artifacts["model"]``.
 
-A model the catalog does not know may be one the node's unit ships with its code: a unit class
-with a ``install_bundled_model(catalog, cold_root, name) -> bool`` classmethod registers it
+Every reference is checked first (:func:`pathray.pipeline.bind.check_models`: registered, and
+accepted by the unit's ``check_model``). A model the catalog does not know may be one the node's
+unit ships with its code: a unit class that declares it as ``bundled_model`` (its reference) and
+has a ``install_bundled_model(catalog, cold_root, name) -> bool`` classmethod registers it
 (artifact, model, version, alias) on first use, so a preset that names it runs on a fresh
 catalog with nothing downloaded.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from pathray.catalog import Catalog
 from pathray.catalog.records import ModelVersion
-from pathray.errors import ConfigError, NotFoundError
+from pathray.pipeline.bind import check_models, parse_model_ref, version_key
 from pathray.pipeline.spec import PipelineSpec
 from pathray.results.artifacts import ArtifactStore
 from pathray.units.registry import get_unit
 
+__all__ = ["ResolvedModel", "card_resources", "parse_model_ref", "resolve_models"]
+
 
 @dataclass(frozen=True)
 class ResolvedModel:
-    """A node's model: the registry's version id and the artifact folder the unit loads."""
+    """A node's model: the registry's version id and the artifact folder the unit loads.
+
+    Attributes:
+        model_version_id: The version's id in the registry.
+        path: The unpacked artifact folder.
+        resources: The ``resources`` of the version's model card (empty without a card).
+    """
 
     model_version_id: int
     path: str
+    resources: dict[str, Any] = field(default_factory=dict)
 
 
-def parse_model_ref(ref: str) -> tuple[str, str]:
-    """Split ``"name@version"`` into its parts.
-
-    Raises:
-        ConfigError: If the reference has no ``@``.
-    """
-    name, sep, version = ref.rpartition("@")
-    if not sep or not name or not version:
-        raise ConfigError(
-            f"A model reference must look like 'name@version' or 'name@alias'. Got {ref!r} instead."
-        )
-    return name, version
+def card_resources(version: ModelVersion) -> dict[str, Any]:
+    """The ``resources`` of a version's model card (empty for versions without a card)."""
+    card = getattr(version, "card", None) or {}
+    return dict(card.get("resources") or {})
 
 
 def resolve_models(
     catalog: Catalog, spec: PipelineSpec, cold_root: str | Path
 ) -> dict[str, ResolvedModel]:
-    """Resolve every node's model reference to a registered version and an unpacked folder.
+    """Check every node's model, then resolve it to a registered version and unpacked folder.
 
     Args:
         catalog: The catalog holding the model registry.
@@ -57,26 +61,29 @@ def resolve_models(
 
     Returns:
         Node id -> its resolved model (nodes without a model are absent).
+
+    Raises:
+        ConfigError: If the spec is invalid, a model unknown or refused by its unit (see
+            :func:`pathray.pipeline.bind.check_models`); nothing is installed then.
     """
     store = ArtifactStore(cold_root)
     resolved = {}
-    for node in spec.units:
-        if node.model is None:
-            continue
-        record = _model_version(catalog, node.unit, node.model, cold_root)
+    for node_id, record in check_models(catalog, spec).items():
+        node = spec.node(node_id)
+        assert node.model is not None  # check_models returns the nodes with a model
+        if record is None:  # a model the unit ships, not registered yet
+            record = _install_bundled(catalog, node.unit, node.model, cold_root)
         path = store.unpack(record.artifact_digest)
-        resolved[node.id] = ResolvedModel(record.id, str(path))
+        resolved[node_id] = ResolvedModel(record.id, str(path), card_resources(record))
     return resolved
 
 
-def _model_version(catalog: Catalog, unit: str, ref: str, cold_root: str | Path) -> ModelVersion:
-    """The registered version a reference names, installing a model the unit ships if needed."""
+def _install_bundled(catalog: Catalog, unit: str, ref: str, cold_root: str | Path) -> ModelVersion:
+    """Register the model a unit ships (see the module docstring) and return its version."""
+    cls = get_unit(unit)
     name, version = parse_model_ref(ref)
-    key: int | str = int(version) if version.isdigit() else version
-    try:
-        return catalog.get_model_version(name, key)
-    except NotFoundError:
-        install = getattr(get_unit(unit), "install_bundled_model", None)
-        if install is None or not install(catalog, cold_root, name):
-            raise
-    return catalog.get_model_version(name, key)
+    cls.install_bundled_model(catalog, cold_root, name)  # type: ignore[attr-defined]
+    # the unit's version check runs on the installed version too
+    record = catalog.get_model_version(name, version_key(version))
+    cls.check_model(record)
+    return record

@@ -40,10 +40,11 @@ from pathray.engine.monitor import RunMonitor, monitor_name
 from pathray.engine.plan import Plan, plan_run
 from pathray.engine.stages import UnitStage
 from pathray.errors import ConfigError, ResourceError
+from pathray.pipeline.resources import node_resources
 from pathray.pipeline.spec import PipelineSpec, UnitSpec
 from pathray.results.store import ColdStore
 from pathray.slides.source import tile_dataset
-from pathray.units.base import OBJECT_KEYS, TILE_KEYS, Unit
+from pathray.units.base import OBJECT_KEYS, TILE_KEYS, Resources, Unit
 from pathray.units.registry import unit_path
 
 log = logging.getLogger(__name__)
@@ -136,10 +137,33 @@ def stored_schemas(order: list[tuple[UnitSpec, type[Unit]]]) -> tuple[pa.Schema,
     return pa.schema(list(tiles.items())), pa.schema(list(objects.items()))
 
 
+def stage_resources(
+    spec: PipelineSpec,
+    order: list[UnitSpec],
+    models: dict[str, ResolvedModel] | None = None,
+) -> list[Resources]:
+    """What one actor of each node asks for: its unit's, its model card's, its node's.
+
+    See :func:`pathray.pipeline.resources.node_resources` for how the three combine.
+    """
+    models = models or {}
+    return [
+        node_resources(
+            spec.unit_class(node).resources,
+            models[node.id].resources if node.id in models else None,
+            node.resources,
+        )
+        for node in order
+    ]
+
+
 def _stage_resources(
-    order: list[tuple[UnitSpec, type[Unit]]], free_cpus: float
+    declared: list[Resources], free_cpus: float
 ) -> tuple[list[dict[str, Any]], float]:
     """Ray resources of the unit stages and of a read task, fitted to the free CPUs.
+
+    A stage's GPU share is kept where the cluster has GPUs and dropped where it has none (the
+    unit then computes on CPUs).
 
     Actors hold their CPUs while idle, so the declared CPUs are fitted to the budget (the CPUs
     nothing else holds, less one read task's): what Serve replicas or other runs hold is never
@@ -157,26 +181,26 @@ def _stage_resources(
     - a larger budget keeps the declared CPUs, and Ray Data adds actors while work waits.
 
     Args:
-        order: The pipeline's nodes and unit classes, in topological order.
+        declared: What one actor of each stage asks for (:func:`stage_resources`), in order.
         free_cpus: CPUs free for the run (at least what :func:`required_resources` says).
     """
     gpus = cluster_gpus()
     read_cpus = min(1.0, free_cpus * 0.25)
     budget = free_cpus - read_cpus
-    declared = sum(cls.resources.num_cpus for _, cls in order)
+    wanted = sum(r.num_cpus for r in declared)
     node_cap = min(largest_node_cpus(), free_cpus) - read_cpus
     stages = []
-    for _, cls in order:
-        on_gpu = bool(cls.resources.num_gpus and gpus)
-        cpus, initial = cls.resources.num_cpus, 1
-        # The budget is positive, so either branch implies declared > 0.
-        if budget < declared:
-            cpus = cpus * budget / declared
-        elif budget < 2 * declared:
+    for resources in declared:
+        on_gpu = bool(resources.num_gpus and gpus)
+        cpus, initial = resources.num_cpus, 1
+        # The budget is positive, so either branch implies wanted > 0.
+        if budget < wanted:
+            cpus = cpus * budget / wanted
+        elif budget < 2 * wanted:
             if on_gpu:
-                cpus = max(cpus, min(cpus * budget / declared, node_cap))
+                cpus = max(cpus, min(cpus * budget / wanted, node_cap))
             else:
-                cpus, initial = cpus * budget / (2 * declared), 2
+                cpus, initial = cpus * budget / (2 * wanted), 2
         stage: dict[str, Any] = {
             "num_cpus": cpus,
             "compute": ray.data.ActorPoolStrategy(
@@ -186,27 +210,27 @@ def _stage_resources(
             ),
         }
         if on_gpu:
-            stage["num_gpus"] = cls.resources.num_gpus
-        if cls.resources.memory_mb:
-            stage["memory"] = cls.resources.memory_mb * 2**20
-        if cls.resources.custom:
-            stage["resources"] = dict(cls.resources.custom)
+            stage["num_gpus"] = resources.num_gpus
+        if resources.memory_mb:
+            stage["memory"] = resources.memory_mb * 2**20
+        if resources.custom:
+            stage["resources"] = dict(resources.custom)
         stages.append(stage)
     return stages, read_cpus
 
 
-def required_resources(order: list[tuple[UnitSpec, type[Unit]]]) -> tuple[float, float]:
+def required_resources(declared: list[Resources]) -> tuple[float, float]:
     """The free CPUs and GPUs a run needs to start: one actor of every stage and a read task.
 
     Each CPU share can shrink to :data:`MIN_SHARE_CPUS`; a GPU stage needs its GPUs whole
     (on a cluster that has GPUs at all; elsewhere it runs on CPUs).
     """
-    gpus = sum(cls.resources.num_gpus for _, cls in order) if cluster_gpus() else 0.0
-    return round(MIN_SHARE_CPUS * (len(order) + 1), 6), float(gpus)
+    gpus = sum(r.num_gpus for r in declared) if cluster_gpus() else 0.0
+    return round(MIN_SHARE_CPUS * (len(declared) + 1), 6), float(gpus)
 
 
 def await_resources(
-    order: list[tuple[UnitSpec, type[Unit]]],
+    declared: list[Resources],
     cancelled: Callable[[], bool],
     wait_s: float = RESOURCE_WAIT_S,
     poll_s: float = 0.5,
@@ -215,7 +239,7 @@ def await_resources(
     """Wait until one actor of every stage fits in what the cluster has free.
 
     Args:
-        order: The pipeline's nodes and unit classes, in topological order.
+        declared: What one actor of each stage asks for (:func:`stage_resources`).
         cancelled: Whether the run was cancelled meanwhile (asked at every poll).
         wait_s: Seconds to wait at most.
         poll_s: Seconds between two looks.
@@ -227,7 +251,7 @@ def await_resources(
     Raises:
         ResourceError: Still too few free resources after ``wait_s`` seconds.
     """
-    need_cpus, need_gpus = required_resources(order)
+    need_cpus, need_gpus = required_resources(declared)
     deadline = time.monotonic() + wait_s
     while True:
         cpus, gpus = free_resources()
@@ -245,7 +269,7 @@ def await_resources(
             gpu_note = f" and {need_gpus:g} GPUs (got {gpus:g})" if need_gpus else ""
             raise ResourceError(
                 f"A run must find at least {need_cpus:.2f} free CPUs{gpu_note}: one actor of "
-                f"each of its {len(order)} stages and a read task. Got {cpus:.2f} free of the "
+                f"each of its {len(declared)} stages and a read task. Got {cpus:.2f} free of the "
                 f"cluster's {cluster_cpus():g} after waiting {wait_s:g} s; the rest is held by "
                 "Serve replicas or other runs. Give Ray more CPUs, serve the units with fewer "
                 "(ServeArgs.unit_cpus), or retry when other runs have finished."
@@ -274,11 +298,12 @@ def build_dataset(
         free_cpus: CPUs the run may take (default: those free in the cluster now).
     """
     models = models or {}
-    order = [(node, spec.unit_class(node)) for node in spec.ordered()]
+    nodes = spec.ordered()
+    order = [(node, spec.unit_class(node)) for node in nodes]
     tile_schema, object_schema = stored_schemas(order)
     if free_cpus is None:
         free_cpus = free_resources()[0]
-    stages, read_cpus = _stage_resources(order, free_cpus)
+    stages, read_cpus = _stage_resources(stage_resources(spec, nodes, models), free_cpus)
     ds = tile_dataset(refs, block_rows=block_rows, num_cpus=read_cpus)
     marker_cols = tuple(c for c in tile_schema.names if c not in TILE_KEYS)
     emits = any(cls.emits_objects() for _, cls in order)
@@ -347,8 +372,9 @@ def prepare_run(
         The new run's id (status ``pending``).
 
     Raises:
-        ConfigError: If the spec is invalid.
-        NotFoundError: If the image set or a model version does not exist.
+        ConfigError: If the spec is invalid, or a model is unknown or refused by its unit
+            (the reason and the closest registered names are in the message).
+        NotFoundError: If the image set does not exist.
     """
     spec.ordered()  # validate before recording anything
     models = resolve_models(catalog, spec, store.root)
@@ -443,7 +469,6 @@ def execute_run(
         return RunResult(run_id=run_id, status="cancelled")
     spec = PipelineSpec.model_validate(run.spec)
     order = spec.ordered()
-    order_units = [(node, spec.unit_class(node)) for node in order]
     catalog.update_run(run_id, status="running")
     monitor: Any = None
     try:
@@ -464,7 +489,9 @@ def execute_run(
         processed, cancelled, free_cpus = 0, False, None
         if pending.num_rows:
             free_cpus = await_resources(
-                order_units, lambda: catalog.cancel_requested(run_id), notify=tracker.event
+                stage_resources(spec, order, models),
+                lambda: catalog.cancel_requested(run_id),
+                notify=tracker.event,
             )
             cancelled = free_cpus is None
         if pending.num_rows and not cancelled:

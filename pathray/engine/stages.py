@@ -83,6 +83,20 @@ def _use_assigned_cpus() -> int | None:
     return threads
 
 
+def _placement() -> str:
+    """Where this actor runs: process, node, and the GPU share and GPU ids Ray gave it."""
+    where = f"pid {os.getpid()}"
+    if ray.is_initialized():
+        context = ray.get_runtime_context()
+        try:
+            share = context.get_assigned_resources().get("GPU", 0.0)
+        except AssertionError:  # a driver: nothing assigned
+            share = 0.0
+        gpus = context.get_accelerator_ids().get("GPU") or []
+        where += f", node {context.get_node_id()[:8]}, GPU share {share:g}, GPUs {gpus or 'none'}"
+    return where
+
+
 class UnitStage:
     """Run one unit inside a Ray Data actor.
 
@@ -116,16 +130,14 @@ class UnitStage:
             root = logging.getLogger()
             root.addHandler(MonitorHandler(self.monitor, self.node_id))
             root.setLevel(min(root.level, logging.INFO))
-            where = f"pid {os.getpid()}"
-            if ray.is_initialized():
-                context = ray.get_runtime_context()
-                gpus = context.get_accelerator_ids().get("GPU") or []
-                where += f", node {context.get_node_id()[:8]}, GPUs {gpus or 'none'}"
-            log.info("unit %s starting (%s)", cls.name, where)
+            log.info("unit %s starting (%s)", cls.name, _placement())
         threads = _use_assigned_cpus()
         self.unit: Unit = cls(config, artifacts)
         if threads and "torch" in sys.modules:  # imported before the stage read the variable
             sys.modules["torch"].set_num_threads(threads)
+        if self.monitor is not None and hasattr(self.unit, "_device"):
+            # A GPU share on a machine where torch sees no CUDA computes on CPUs: say so.
+            log.info("unit %s computes on %s", cls.name, self.unit._device)
         self.emits = cls.emits_objects()
         self.tile_columns = tile_columns
         self.writer = WriteStage(**write) if write is not None else None

@@ -257,6 +257,7 @@ class Workspace:
             config=valid,
             after=current.node.after,
             model=trained.version.ref,
+            resources=current.node.resources,  # a user's placement outlives retraining
         )
         if _key(node) in self.tried:
             return None

@@ -6,6 +6,10 @@ version is pinned, and the result goes through the full validation. Nothing is g
 no chosen unit produces, or one that several produce, is reported with the units that would
 resolve it.
 
+A unit that loads a model gets the model bound to it (``models``); one left unbound gets the
+model its unit ships, if any (the nucleus U-Net: ``nuclei-default@champion``), and otherwise
+fails validation, saying so.
+
 Example:
     >>> spec = infer_pipeline(["nucleus_features", "tissue_mask", "nucleus_segmentation"])
     >>> [(node.id, node.after) for node in spec.units]  # doctest: +NORMALIZE_WHITESPACE
@@ -20,6 +24,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pathray.errors import ConfigError
+from pathray.pipeline.bind import bundled_model
 from pathray.pipeline.graph import topological_order, transitive_reduction
 from pathray.pipeline.selection import chosen_classes, exclusion
 from pathray.pipeline.spec import PipelineSpec, TilingSpec, UnitSpec
@@ -32,6 +37,7 @@ def infer_pipeline(
     chosen_units: Sequence[str],
     *,
     configs: Mapping[str, Mapping[str, Any]] | None = None,
+    models: Mapping[str, str] | None = None,
     tiling: TilingSpec | None = None,
     name: str = "custom",
     version: str = "1",
@@ -42,6 +48,8 @@ def infer_pipeline(
     Args:
         chosen_units: Registered unit names, in any order; each becomes the node of that id.
         configs: Unit name -> config (defaults for the others).
+        models: Unit name -> the model its node binds (``name@alias`` or ``name@version``); a
+            model unit left out binds the model it ships, if any.
         tiling: The tiling; None takes the default tiling at the ``mpp`` the tile-level units
             agree on.
         name: The pipeline's name.
@@ -53,7 +61,9 @@ def infer_pipeline(
 
     Raises:
         ConfigError: If the choice is empty, repeats or excludes a unit, misses or has several
-            producers of an input, or the inferred spec fails validation.
+            producers of an input, a model is bound to a unit not chosen, or the inferred spec
+            fails validation (a model unit with no model and none shipped, a model on a unit
+            that loads none).
     """
     chosen = list(chosen_units)
     if not chosen:
@@ -66,6 +76,7 @@ def infer_pipeline(
     stray = sorted(set(configs) - set(chosen))
     if stray:
         raise ConfigError(f"Configs must be for chosen units {chosen}. Got {stray} instead.")
+    bound = _bind_models(classes, models or {})
     for i, cls in enumerate(classes.values()):
         reason = exclusion(cls, list(classes.values())[:i])
         if reason:
@@ -85,12 +96,28 @@ def infer_pipeline(
                 version=classes[unit].version,
                 config=dict(configs.get(unit, {})),
                 after=reduced[unit],
+                model=bound.get(unit),
             )
             for unit in order
         ),
     )
     spec.ordered()
     return spec
+
+
+def _bind_models(classes: Mapping[str, type[Unit]], models: Mapping[str, str]) -> dict[str, str]:
+    """Unit name -> the model its node binds: the one given, else the one its unit ships."""
+    stray = sorted(set(models) - set(classes))
+    if stray:
+        raise ConfigError(
+            f"Models must be bound to chosen units {list(classes)}. Got {stray} instead."
+        )
+    bound = dict(models)
+    for unit, cls in classes.items():
+        default = bundled_model(cls)
+        if unit not in bound and cls.needs_model and default:
+            bound[unit] = default
+    return bound
 
 
 def _data_edges(classes: Mapping[str, type[Unit]]) -> dict[str, tuple[str, ...]]:

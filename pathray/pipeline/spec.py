@@ -10,6 +10,10 @@ A spec is written in YAML::
       - {id: segment, unit: nucleus_segmentation, after: [tissue]}
       - {id: features, unit: nucleus_features, after: [segment]}
 
+A node of a unit that loads a model binds one (``model: nuclei-default@champion``) and may
+override its actors' resources (``resources: {gpus: 0.25, cpus: 1}``, see
+:mod:`pathray.pipeline.resources`).
+
 :meth:`PipelineSpec.ordered` returns the nodes in a topological order after the checks of
 :mod:`pathray.pipeline.validate`; :meth:`PipelineSpec.edges` gives the DAG as data and
 :meth:`PipelineSpec.to_yaml` writes the spec back.
@@ -27,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic import ValidationError as PydanticValidationError
 
 from pathray.errors import ConfigError, NotFoundError
+from pathray.pipeline.resources import NodeResources
 from pathray.pipeline.validate import SOURCE_COLUMNS, validate
 from pathray.units.base import Unit
 from pathray.units.registry import available, get_unit
@@ -70,6 +75,8 @@ class UnitSpec(BaseModel):
         after: Ids of the precursor nodes.
         model: The model the unit loads, from the model registry: ``"name@version"`` or
             ``"name@alias"`` (e.g. ``"nuclei-rf@champion"``); None for classical units.
+        resources: Override of the resources of the node's actors (``cpus``, ``gpus``,
+            ``memory_mb``); None keeps the unit's and its model's.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -79,6 +86,7 @@ class UnitSpec(BaseModel):
     config: dict[str, Any] = Field(default_factory=dict)
     after: tuple[str, ...] = ()
     model: str | None = None
+    resources: NodeResources | None = None
 
     @model_validator(mode="after")
     def _default_id(self) -> UnitSpec:
@@ -121,7 +129,8 @@ class PipelineSpec(BaseModel):
             return cls.model_validate(data)
         except PydanticValidationError as exc:
             problems = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+                f"{'.'.join(str(p) for p in e['loc'])}: {e['msg'].removeprefix('Value error, ')}"
+                for e in exc.errors()
             )
             raise ConfigError(f"Invalid pipeline spec: {problems}") from None
 
@@ -175,6 +184,8 @@ class PipelineSpec(BaseModel):
                 entry["config"] = _Flow(node.config)
             if node.model is not None:
                 entry["model"] = node.model
+            if node.resources is not None:
+                entry["resources"] = _Flow(node.resources.model_dump(exclude_none=True))
             units.append(entry)
         data: dict[str, Any] = {"name": self.name, "version": self.version}
         if self.description:

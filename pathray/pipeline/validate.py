@@ -3,7 +3,9 @@
 The checks run in this order, so that a spec with several mistakes reports the most basic one:
 
 1. node ids unique, precursors known, no cycle;
-2. every unit registered at the pinned version, with a valid config;
+2. every unit registered at the pinned version, with a valid config; a model bound on exactly
+   the nodes whose unit loads one (:func:`pathray.pipeline.bind.check_bindings`; whether the
+   catalog holds that model is :func:`pathray.pipeline.bind.check_models`'s question);
 3. no two units with the same role (mutually exclusive units);
 4. granularity: tile-level units read tiles, object-level units read objects;
 5. resolution: the tile-level units of a chain work at the tiling's ``mpp``;
@@ -21,6 +23,7 @@ import math
 from typing import TYPE_CHECKING
 
 from pathray.errors import ConfigError
+from pathray.pipeline.bind import check_bindings, label
 from pathray.pipeline.graph import ancestors, topological_order
 from pathray.units.base import OBJECT_KEYS, Unit
 from pathray.units.registry import producers
@@ -41,11 +44,6 @@ def stream_phase(cls: type[Unit]) -> int:
     return 1 if cls.emits_objects() else 0
 
 
-def label(node: UnitSpec) -> str:
-    """How messages name a node: ``'segment' (nucleus_segmentation)``."""
-    return f"{node.id!r} ({node.unit})"
-
-
 def validate(spec: PipelineSpec) -> list[UnitSpec]:
     """Check a spec and return its nodes in the order the engine runs them.
 
@@ -61,6 +59,7 @@ def validate(spec: PipelineSpec) -> list[UnitSpec]:
             cls.validate_config(node.config)
         except ConfigError as exc:
             raise ConfigError(f"Node {node.id!r}: {exc}") from None
+    check_bindings(spec, classes)
     check_roles(spec, classes)
     ids = topological_order(parents, key=lambda i: stream_phase(classes[i]))
     order = [spec.node(i) for i in ids]

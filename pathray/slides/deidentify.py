@@ -231,15 +231,17 @@ def _deidentify_tiff(path: Path) -> DeidReport:
     report = DeidReport(path)
     with tifffile.TiffFile(path) as tif:
         fmt = tif.tiff
-        dropped = {}
+        pages = [page for page in tif.pages if isinstance(page, tifffile.TiffPage)]
+        dropped: dict[int, tifffile.TiffPage] = {}
         for series in tif.series:
             if any(word in (series.name or "").lower() for word in ASSOCIATED):
                 report.removed_images.append(series.name)
                 for page in series.pages:
-                    dropped[page.offset] = page
-        chain = [page.offset for page in tif.pages]
+                    if isinstance(page, tifffile.TiffPage):
+                        dropped[page.offset] = page
+        chain = [page.offset for page in pages]
         writes: list[tuple[int, bytes]] = []
-        for page in tif.pages:
+        for page in pages:
             for tag in page.tags.values():
                 if tag.code == 270:
                     raw = (
@@ -293,8 +295,9 @@ def _deidentify_dicom(source: Path, target: Path) -> DeidReport:
                 report.removed_images.append(dropped.lower())
                 continue
             for keyword in DICOM_PHI:
-                if keyword in dataset and dataset.data_element(keyword).value not in ("", None):
-                    dataset.data_element(keyword).value = ""
+                element = dataset.data_element(keyword) if keyword in dataset else None
+                if element is not None and element.value not in ("", None):
+                    element.value = ""
                     if keyword not in report.blanked:
                         report.blanked.append(keyword)
             dataset.remove_private_tags()

@@ -16,7 +16,10 @@ A :class:`TrainableUnit` is a :class:`~pathray.units.base.Unit` with a ``fit`` m
 - Calling or saving an unfitted unit raises :class:`~pathray.errors.ConfigError` naming the unit.
 
 Torch units choose their device from the config's ``device`` (``"auto"``: CUDA where present);
-their class ``resources`` ask for no GPU, so the engine schedules them anywhere.
+their class ``resources`` ask for a GPU share, which the engine keeps where the cluster has GPUs
+and drops on a cluster without (they then compute on CPUs). Batches go to a GPU through pinned
+memory (:func:`to_device`), the model stays resident between batches, and inference autocasts
+to the config's ``precision``.
 
 Example:
     >>> import numpy as np
@@ -154,6 +157,8 @@ class TrainableUnit(Unit):
     learned: ClassVar[tuple[str, ...]] = ("model_",)
     #: Config fields the learned model depends on (checked when loading an artifact).
     model_fields: ClassVar[tuple[str, ...]] = ()
+    #: A trainable unit in a pipeline runs the model its node binds (it is not trained there).
+    needs_model: ClassVar[bool] = True
 
     def setup(self) -> None:
         """Load the model folder given as ``artifacts["model"]``, if any."""
@@ -448,6 +453,32 @@ def inference_context(unit: Any) -> Iterator[Any]:
         torch.autocast(device, dtype=torch.bfloat16, enabled=bfloat16),
     ):
         yield model
+
+
+def to_device(tensor: Any, device: str) -> Any:
+    """A CPU batch on the unit's device for inference.
+
+    A GPU gets it through pinned (page-locked) memory with a non-blocking copy, so the copy
+    runs by DMA without a staging buffer; on a CPU the tensor is returned as it is.
+
+    Args:
+        tensor: A CPU tensor.
+        device: ``"cpu"`` or ``"cuda"`` (as :func:`resolve_device` gives).
+
+    Returns:
+        The tensor on ``device``.
+
+    Example:
+        >>> import torch
+        >>> x = torch.ones(2)
+        >>> to_device(x, "cpu") is x
+        True
+    """
+    import torch
+
+    if torch.device(device).type == "cpu":
+        return tensor
+    return tensor.pin_memory().to(device, non_blocking=True)
 
 
 #: Bytes of the widest feature map one forward pass on a CPU may hold. A pass larger than the

@@ -41,6 +41,7 @@ from pathray.units.trainable import (
     inference_context,
     resolve_device,
     seeded_torch,
+    to_device,
     train_torch,
 )
 from pipelines.classify.object_classifier import CLASS_OUTPUTS
@@ -186,7 +187,7 @@ class NucleusCropCNN(TrainableUnit):
         *(Column(name, "float64", granularity="object") for name in _GEOMETRY),
         *CLASS_OUTPUTS,
     )
-    resources = Resources(num_cpus=1.0, num_gpus=0.0)
+    resources = Resources(num_cpus=1.0, num_gpus=0.25)
     batch_size = 8
     learned = ("model_", "classes_")
     model_fields = ("arch", "widths", "mask_channel", "input_size", "crop_size", "mpp")
@@ -331,7 +332,7 @@ class NucleusCropCNN(TrainableUnit):
         out = np.zeros((len(crops), len(self.classes_)), np.float32)
         with inference_context(self) as model:
             for i in range(0, len(crops), 64):
-                logits = model(self._to_tensor(crops[i : i + 64]).to(self._device))
+                logits = model(to_device(self._to_tensor(crops[i : i + 64]), self._device))
                 out[i : i + 64] = torch.softmax(logits.float(), dim=1).cpu().numpy()
         return out
 

@@ -80,7 +80,7 @@ class MultiHeadClassifier(MultiHeadBase):
     role = "nucleus_classification"
     inputs = tuple(Column(name, "float32", granularity="object") for name in FEATURE_COLUMNS)
     outputs = LABEL_OUTPUTS
-    resources = Resources(num_cpus=1.0)
+    resources = Resources(num_cpus=1.0, num_gpus=0.25)
     batch_size = 4096
     learned: ClassVar[tuple[str, ...]] = (*MultiHeadBase.learned, "feature_mean_", "feature_scale_")
 

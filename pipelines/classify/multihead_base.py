@@ -35,6 +35,7 @@ from pathray.units.trainable import (
     inference_context,
     resolve_device,
     seeded_torch,
+    to_device,
 )
 from pipelines.classify.label_space import LabelSpace
 from pipelines.classify.multihead_train import (
@@ -301,7 +302,7 @@ class MultiHeadBase(TrainableUnit):
         out = np.zeros((len(inputs), self.label_space_.size), np.float32)
         with inference_context(self) as model:
             for i in range(0, len(inputs), _CHUNK):
-                logits = model(self._tensor(inputs[i : i + _CHUNK]).to(self._device))
+                logits = model(to_device(self._tensor(inputs[i : i + _CHUNK]), self._device))
                 out[i : i + _CHUNK] = logits.float().cpu().numpy()
         return out
 

@@ -104,7 +104,7 @@ class MultiHeadCropClassifier(MultiHeadBase):
     Config = MultiHeadCropConfig
     inputs = NucleusCropCNN.inputs
     outputs = (*NucleusCropCNN.outputs[: -len(CLASS_OUTPUTS)], *LABEL_OUTPUTS)
-    resources = Resources(num_cpus=1.0, num_gpus=0.0)
+    resources = Resources(num_cpus=1.0, num_gpus=0.25)
     batch_size = 8
     model_fields: ClassVar[tuple[str, ...]] = (
         "datasets",

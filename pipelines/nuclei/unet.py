@@ -52,6 +52,7 @@ from pathray.units.trainable import (
     inference_context,
     resolve_device,
     seeded_torch,
+    to_device,
     train_torch,
 )
 from pipelines.nuclei.augment import (
@@ -194,8 +195,12 @@ class NucleusUNet(LabelImageTraining, TrainableUnit):
     Config = UNetConfig
     inputs = SEGMENTATION_INPUTS
     outputs = SEGMENTATION_OUTPUTS
-    resources = Resources(num_cpus=1.0, num_gpus=0.0)
+    # Half a GPU where the cluster has GPUs (two actors share one); none elsewhere.
+    resources = Resources(num_cpus=1.0, num_gpus=0.5)
     batch_size = 8
+    #: The model shipped with the unit (pipelines.nuclei.default_model.REFERENCE), bound by
+    #: ``pathray pipelines infer`` when no other is given and registered on first use.
+    bundled_model = "nuclei-default@champion"
     learned = ("model_",)
     model_fields = ("channels", "stain_normalise")
 
@@ -346,7 +351,7 @@ class NucleusUNet(LabelImageTraining, TrainableUnit):
         per_pass = forward_pass_size(self, values, n, self.config.infer_batch)
         with inference_context(self) as model:
             for i in range(0, n, per_pass):
-                logits = model(to_tensor(images[i : i + per_pass]).to(self._device))
+                logits = model(to_device(to_tensor(images[i : i + per_pass]), self._device))
                 prob = torch.sigmoid(logits.float())[:, :, :height, :width]
                 out[i : i + per_pass] = prob.cpu().numpy()
         return out

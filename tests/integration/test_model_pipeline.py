@@ -9,7 +9,7 @@ import pytest
 from pathray.catalog import Catalog
 from pathray.engine.cluster import ensure_ray
 from pathray.engine.runner import run_pipeline
-from pathray.errors import ConfigError, NotFoundError
+from pathray.errors import ConfigError
 from pathray.pipeline.spec import PipelineSpec
 from pathray.results.artifacts import ArtifactStore
 from pathray.results.store import ColdStore
@@ -53,14 +53,14 @@ def test_registered_model_runs_in_a_pipeline(tmp_path: Path) -> None:
     run = catalog.get_run(result.run_id)
     nodes, _ = catalog.pipeline_graph(run.pipeline_name, run.pipeline_version)
     assert nodes["segment"].model_version_id == version.id  # the result traces to the model
-    with pytest.raises(NotFoundError):
+    with pytest.raises(ConfigError, match=r"unknown model 'nope' instead\. "):
         run_pipeline(
             catalog,
             store,
             PipelineSpec.from_yaml(SPEC.replace("MODEL", "nope@1").replace("CONFIG", "{}")),
             "he",
         )
-    with pytest.raises(ConfigError, match="name@version"):
+    with pytest.raises(ConfigError, match=r"name@version"):
         run_pipeline(
             catalog,
             store,

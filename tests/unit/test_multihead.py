@@ -342,6 +342,7 @@ def test_unit_is_usable_in_a_pipeline_spec():
                         "unit": "nucleus_multihead_classifier",
                         "after": ["features"],
                         "config": {"datasets": {"A": ["a", "b"]}},
+                        "model": "multihead@champion",
                     },
                 ],
             }

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import typer
 import yaml
 from typer.testing import CliRunner
@@ -23,6 +24,15 @@ units:
   - {id: a, unit: noop, after: [b]}
   - {id: b, unit: noop, after: [a]}
 """
+
+
+@pytest.fixture(autouse=True)
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A PATHRAY_HOME of the test's own: checking a spec's models opens its catalog."""
+    monkeypatch.setenv("PATHRAY_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("PATHRAY_CATALOG_URL", raising=False)
+    monkeypatch.delenv("PATHRAY_COLD", raising=False)
+    return tmp_path / "home"
 
 
 def ok(*args: str) -> str:

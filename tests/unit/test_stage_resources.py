@@ -11,16 +11,12 @@ from pathray.errors import ResourceError
 from pathray.units.base import Resources
 
 
-def _units(*resources: Resources) -> list[tuple[Any, type]]:
-    return [(None, type(f"Unit{i}", (), {"resources": r})) for i, r in enumerate(resources)]
-
-
 def _fit(
     monkeypatch: pytest.MonkeyPatch, cpus: float, gpus: float, *resources: Resources
 ) -> tuple[list[dict[str, Any]], float]:
     monkeypatch.setattr(runner, "cluster_gpus", lambda: gpus)
     monkeypatch.setattr(runner, "largest_node_cpus", lambda: cpus)
-    return runner._stage_resources(_units(*resources), cpus)
+    return runner._stage_resources(list(resources), cpus)
 
 
 def test_two_cpus_run_two_single_threaded_actors_of_one_unit(
@@ -64,7 +60,7 @@ def test_only_the_free_cpus_are_shared(monkeypatch: pytest.MonkeyPatch) -> None:
     """Serve replicas hold 1.5 of 2 CPUs: the actors and a read task fit in the 0.5 left."""
     monkeypatch.setattr(runner, "cluster_gpus", lambda: 0.0)
     monkeypatch.setattr(runner, "largest_node_cpus", lambda: 2.0)
-    units = _units(Resources(num_cpus=0.5), Resources(num_cpus=1.0), Resources(num_cpus=1.0))
+    units = [Resources(num_cpus=0.5), Resources(num_cpus=1.0), Resources(num_cpus=1.0)]
     stages, read = runner._stage_resources(units, 0.5)
     assert read == 0.125
     assert sum(s["num_cpus"] * s["compute"].initial_size for s in stages) + read == 0.5
@@ -77,7 +73,7 @@ def test_a_run_waits_for_free_cpus_then_is_refused_with_the_reason(
     monkeypatch.setattr(runner, "cluster_gpus", lambda: 0.0)
     monkeypatch.setattr(runner, "cluster_cpus", lambda: 2.0)
     monkeypatch.setattr(runner, "free_resources", lambda: (0.1, 0.0))
-    units = _units(Resources(num_cpus=1.0), Resources(num_cpus=1.0))
+    units = [Resources(num_cpus=1.0), Resources(num_cpus=1.0)]
     assert runner.required_resources(units) == (0.15, 0.0)
     told: list[str] = []
     with pytest.raises(ResourceError, match=r"at least 0.15 free CPUs.*Got 0.10 free of the "):
@@ -87,3 +83,11 @@ def test_a_run_waits_for_free_cpus_then_is_refused_with_the_reason(
     assert runner.await_resources(units, lambda: True, wait_s=60) is None
     monkeypatch.setattr(runner, "free_resources", lambda: (0.15, 0.0))
     assert runner.await_resources(units, lambda: False, wait_s=0) == 0.15
+
+
+def test_a_gpu_share_is_dropped_on_a_cluster_without_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    stages, _ = _fit(monkeypatch, 16.0, 0.0, Resources(num_cpus=1.0, num_gpus=0.5))
+    (stage,) = stages
+    assert "num_gpus" not in stage and stage["num_cpus"] == 1.0  # the unit computes on CPUs
+    stages, _ = _fit(monkeypatch, 16.0, 2.0, Resources(num_cpus=1.0, num_gpus=0.5))
+    assert stages[0]["num_gpus"] == 0.5
