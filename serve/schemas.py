@@ -66,6 +66,11 @@ class InferResponse(BaseModel):
     objects: list[ObjectOut]
     labels: dict[str, int] = Field(description="Objects per label.")
     drift_warning: bool
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="'<code>: <message>' per soft check the tile failed: 'image.blank' (a "
+        "uniform tile), 'image.no_tissue' (under 5 % tissue). The objects are then suspect.",
+    )
     elapsed_ms: float
 
 
@@ -121,10 +126,13 @@ class JobStatus(BaseModel):
 
 
 class Health(BaseModel):
-    """The service is up, with what it serves."""
+    """Whether the service can answer, with what it serves and what cannot infer."""
 
-    status: str
+    status: str = Field(description="'ok', or 'unhealthy' while a pipeline cannot infer.")
     pipelines: list[str]
+    failing: list[str] = Field(
+        default_factory=list, description="'name:version' of each pipeline that cannot infer."
+    )
 
 
 __all__ = [
