@@ -10,6 +10,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from serve.errors import CODES
+
 #: Names of pipelines and versions the API accepts (no paths: a client never names a file).
 NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 RUN_ID = r"^[A-Za-z0-9_-]{1,64}$"
@@ -18,7 +20,11 @@ RUN_ID = r"^[A-Za-z0-9_-]{1,64}$"
 class ErrorDetail(BaseModel):
     """One error: a stable code and a message for people."""
 
-    code: str = Field(examples=["image.not_base64"])
+    code: str = Field(
+        examples=["image.not_base64"],
+        description="Stable: one per failure (serve.errors.CODES).",
+        json_schema_extra={"enum": sorted(CODES)},
+    )
     message: str
 
 
