@@ -85,13 +85,15 @@ def _build_reference(image_set: str, pipelines: list[str]) -> Path:
     return path
 
 
-def _wait_for_stop() -> None:
-    """Block until SIGTERM or SIGINT (Ctrl-C), whichever comes first."""
-    stop = threading.Event()
+def _stop_on_signals(stop: threading.Event) -> None:
+    """Make SIGTERM and SIGINT (Ctrl-C) set ``stop``.
+
+    Called once Ray is up: its core worker installs a fatal-signal handler for SIGTERM that
+    prints a stack trace and aborts the process ("Aborted", status 134), which replaced the
+    default termination and skipped every shutdown.
+    """
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    while not stop.wait(3600):
-        pass
 
 
 def _serve(
@@ -134,6 +136,8 @@ def _serve(
     from pathray.engine.cluster import ensure_ray
 
     ensure_ray(address)  # first: the builder fits the units' CPUs to the cluster
+    stop = threading.Event()
+    _stop_on_signals(stop)  # a signal while the application starts stops it once started
     clinician = None
     if ui:
         from pathray.config import Settings
@@ -154,7 +158,8 @@ def _serve(
     typer.echo(f"PathRay API on {url}/ (OpenAPI: {url}/docs); Ctrl-C stops it")
     if ui:
         typer.echo(f"Clinician app on {url}/ui/ (sign in with a `pathray users` account)")
-    _wait_for_stop()
+    while not stop.wait(3600):
+        pass
     import ray
     from ray import serve
 
