@@ -566,9 +566,11 @@ def test_a_chunked_body_is_refused_before_it_is_read(env: Env) -> None:
     total = 48 * 2**20
     chunk = 2**19
     status, sent, took = _stream_until_answered(env.url, {}, chunk, total // chunk, 0.03)
+    print(f"no token: {status} after {sent / 2**20:.1f} MiB sent, {took:.2f} s")
     assert status == 401, (status, sent, took)
     assert sent <= total // 4, f"answered after {sent} of {total} bytes ({took:.2f} s)"
     status, sent, took = _stream_until_answered(env.url, env.auth(), chunk, total // chunk, 0.01)
+    print(f"past the limit: {status} after {sent / 2**20:.1f} MiB sent, {took:.2f} s")
     assert status == 413, (status, sent, took)
     assert MAX_BODY < sent <= MAX_BODY + total // 4, f"{sent} bytes sent ({took:.2f} s)"
 
