@@ -552,6 +552,8 @@ def _stream_until_answered(
                 break
             sent += chunk
             time.sleep(pause_s)
+        else:  # all sent without an answer: end the body, so the server answers now
+            sock.sendall(b"0\r\n\r\n")
         reply = sock.recv(65536)
         took = time.perf_counter() - start
     return int(reply.split(b" ", 2)[1]), sent, took
