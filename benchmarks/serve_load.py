@@ -267,6 +267,31 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def unexpected_failures(payload: dict[str, Any]) -> list[str]:
+    """What went wrong that should not have: the benchmark fails (exit 1) when this is not empty.
+
+    Under load (high limits) every request must succeed; under overload only 200 and 503 with
+    ``Retry-After`` are expected, and some requests must still succeed.
+    """
+    found = []
+    for row in payload["rows"]:
+        if not str(row.get("mode", "")).startswith("served"):
+            continue
+        if row["ok"] != row["requests"]:
+            found.append(
+                f"{row['mode']}: {row['ok']}/{row['requests']} requests succeeded "
+                f"(errors: {row.get('errors')})"
+            )
+    for i, burst in enumerate(payload["overload"], 1):
+        if burst["other"] or not burst["ok"] or not burst["retry_after_on_all_503"]:
+            found.append(
+                f"overload burst {i}: {burst['ok']} ok, {burst['503']} refused, "
+                f"{burst['other']} other (errors: {burst.get('errors')}), "
+                f"Retry-After on every 503: {burst['retry_after_on_all_503']}"
+            )
+    return found
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pipeline", default="nuclei", help="preset or YAML to load-test")
@@ -306,7 +331,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"load average: {payload['loadavg']}")
     write_result("serve_load", payload)
-    return 0
+    failures = unexpected_failures(payload)
+    for failure in failures:
+        print(f"FAILED: {failure}", file=sys.stderr)
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":

@@ -9,6 +9,9 @@ Ray (started on demand, dashboard off, all on loopback) or on the cluster at ``-
 from __future__ import annotations
 
 import json
+import signal
+import threading
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -34,6 +37,14 @@ def serve_command(
     reference: Annotated[
         str | None, typer.Option(help="Drift reference JSON (serve.monitoring.Reference).")
     ] = None,
+    reference_set: Annotated[
+        str | None,
+        typer.Option(
+            "--drift-reference-set",
+            help="Build the drift reference from this image set's tissue tiles (saved under "
+            "PATHRAY_HOME/drift/).",
+        ),
+    ] = None,
     args_json: Annotated[
         str | None, typer.Option("--args", help="Full ServeArgs as JSON (overrides the above).")
     ] = None,
@@ -43,11 +54,46 @@ def serve_command(
 ) -> None:
     """Serve tile inference, slide jobs, results and viewer data over HTTP (Ray Serve)."""
     try:
+        if reference and reference_set:
+            raise ConfigError(
+                "At most one of --reference and --drift-reference-set must be given. Got both."
+            )
+        if reference_set:
+            reference = str(_build_reference(reference_set, pipelines or ["tissue", "nuclei"]))
         _serve(pipelines, host, port, address, batching, max_ongoing, max_queued, replicas,
                timeout, reference, args_json, ui)  # fmt: skip
     except PathRayError as exc:  # a user mistake: one line, status 2 (as the rest of the CLI)
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
+
+
+def _build_reference(image_set: str, pipelines: list[str]) -> Path:
+    """Build the drift reference of an image set at the first pipeline's resolution; its path."""
+    from pathray.catalog import Catalog
+    from pathray.config import Settings
+    from serve.app import load_pipeline
+    from serve.reference import reference_from_image_set
+
+    settings = Settings.from_env()
+    mpp = load_pipeline(pipelines[0]).tiling.mpp
+    with Catalog.open(settings.catalog_url) as catalog:
+        reference = reference_from_image_set(catalog, image_set, mpp=mpp)
+    folder = settings.home / "drift"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = reference.save(folder / f"{image_set}-{mpp:g}mpp.json")
+    typer.echo(f"Drift reference: {reference.tiles} tiles of image set {image_set!r} -> {path}")
+    return path
+
+
+def _stop_on_signals(stop: threading.Event) -> None:
+    """Make SIGTERM and SIGINT (Ctrl-C) set ``stop``.
+
+    Called once Ray is up: its core worker installs a fatal-signal handler for SIGTERM that
+    prints a stack trace and aborts the process ("Aborted", status 134), which replaced the
+    default termination and skipped every shutdown.
+    """
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
 
 
 def _serve(
@@ -90,6 +136,8 @@ def _serve(
     from pathray.engine.cluster import ensure_ray
 
     ensure_ray(address)  # first: the builder fits the units' CPUs to the cluster
+    stop = threading.Event()
+    _stop_on_signals(stop)  # a signal while the application starts stops it once started
     clinician = None
     if ui:
         from pathray.config import Settings
@@ -110,12 +158,11 @@ def _serve(
     typer.echo(f"PathRay API on {url}/ (OpenAPI: {url}/docs); Ctrl-C stops it")
     if ui:
         typer.echo(f"Clinician app on {url}/ui/ (sign in with a `pathray users` account)")
-    import time
+    while not stop.wait(3600):
+        pass
+    import ray
+    from ray import serve
 
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        from ray import serve
-
-        serve.shutdown()
+    typer.echo("Stopping: shutting Serve and Ray down")
+    serve.shutdown()
+    ray.shutdown()

@@ -40,6 +40,7 @@ CODES: dict[str, int] = {
     "request.too_large": 413,
     "request.not_found": 404,
     "request.method_not_allowed": 405,
+    "request.unsupported_media_type": 415,
     # the tile image
     "image.empty": 422,
     "image.not_base64": 422,
@@ -48,6 +49,7 @@ CODES: dict[str, int] = {
     "image.truncated": 422,
     "image.decompression_bomb": 413,
     "image.channels": 422,
+    "image.bit_depth": 415,
     "image.too_small": 422,
     "image.too_large": 413,
     "image.resolution": 422,
@@ -74,6 +76,13 @@ CODES: dict[str, int] = {
     "timeout": 504,
     "unavailable": 503,
     "internal": 500,
+}
+
+#: Warnings an answer may carry in its ``warnings`` list (``"<code>: <message>"``): the request
+#: succeeded, but its result deserves a second look. Codes are part of the API too.
+WARNINGS: dict[str, str] = {
+    "image.blank": "The tile is uniform (no texture): whatever the pipeline found is noise.",
+    "image.no_tissue": "Almost none of the tile is tissue: the pipeline's objects are unreliable.",
 }
 
 
@@ -180,8 +189,8 @@ def count_errors_with(counter: Callable[[str], None]) -> None:
     _counters[:] = [counter]
 
 
-def _answer(error: ApiError) -> JSONResponse:
-    """The error's response, counted by code."""
+def answer(error: ApiError) -> JSONResponse:
+    """The error's response, counted by code (every error answered goes through here)."""
     for counter in _counters:
         counter(error.code)
     return error.response()
@@ -192,20 +201,20 @@ def install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ApiError)
     async def _api(request: Request, exc: ApiError) -> JSONResponse:
-        return _answer(exc)
+        return answer(exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return _answer(from_validation(exc))
+        return answer(from_validation(exc))
 
     @app.exception_handler(PathRayError)
     async def _pathray(request: Request, exc: PathRayError) -> JSONResponse:
-        return _answer(from_pathray(exc))
+        return answer(from_pathray(exc))
 
     @app.exception_handler(Exception)
     async def _bug(request: Request, exc: Exception) -> JSONResponse:
         # a bug, not the client's fault: the same JSON shape, and no details leaked
-        return _answer(ApiError("internal", f"Internal error ({type(exc).__name__})."))
+        return answer(ApiError("internal", f"Internal error ({type(exc).__name__})."))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -213,12 +222,15 @@ def install_handlers(app: FastAPI) -> None:
         if code is None:
             body = {"error": {"code": f"http.{exc.status_code}", "message": str(exc.detail)}}
             return JSONResponse(body, status_code=exc.status_code)
-        return _answer(ApiError(code, str(exc.detail)))
+        # keep Starlette's headers: a 405 carries the route's ``Allow``
+        return answer(ApiError(code, str(exc.detail), dict(exc.headers or {})))
 
 
 __all__ = [
     "CODES",
+    "WARNINGS",
     "ApiError",
+    "answer",
     "count_errors_with",
     "from_pathray",
     "from_validation",

@@ -8,13 +8,16 @@ catalog and cold-store calls run in worker threads so the event loop keeps answe
 """
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
 
+import numpy as np
 from fastapi import FastAPI, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
 from ray import serve
 from ray.serve.exceptions import BackPressureError
 
@@ -22,6 +25,7 @@ from pathray.catalog import Catalog
 from pathray.pipeline.spec import PipelineSpec
 from pathray.results.store import ColdStore
 from serve.errors import ApiError, count_errors_with, install_handlers
+from serve.guard import RequestGuard, configure_guard
 from serve.inference import tile_batch, to_json
 from serve.jobs import (
     SUBMIT_LOCK,
@@ -52,7 +56,7 @@ from serve.security import (
     TokenAuth,
     install_auth,
 )
-from serve.validation import ImageLimits, decode_tile
+from serve.validation import ImageLimits, decode_tile, tile_warnings
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 413, 415, 422)
@@ -78,6 +82,8 @@ api = FastAPI(
     "Errors answer {'error': {'code', 'message'}} with a stable code.",
 )
 install_handlers(api)
+# added before _measure, so _measure (outermost) times and counts the guard's refusals too
+api.add_middleware(RequestGuard)
 
 
 #: This replica's state, read by the middleware. Serve freezes a copy of ``api`` when the
@@ -87,29 +93,22 @@ _runtime: dict[str, Any] = {}
 
 def _configure(stats: ServiceMetrics, max_body_bytes: int) -> None:
     """Set this replica's state (a module function, so it reaches the module's own dict)."""
-    _runtime.update(stats=stats, max_body_bytes=max_body_bytes)
+    _runtime.update(stats=stats)
+    configure_guard(max_body_bytes)
 
 
 @api.middleware("http")
 async def _measure(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Any:
-    """Refuse oversized bodies before reading them; time and count every answer."""
+    """Time and count every answer (the guard's refusals included)."""
     metrics: ServiceMetrics | None = _runtime.get("stats")
-    limit: int = _runtime.get("max_body_bytes", 0)
     start = time.perf_counter()
-    length = request.headers.get("content-length", "")
-    if limit and length.isdigit() and int(length) > limit:
-        response: Response = ApiError(
-            "request.too_large",
-            f"The request body must be at most {limit} bytes. Got {length} instead.",
-        ).response()
-    else:
+    if metrics:
+        metrics.inflight.inc()
+    try:
+        response = await call_next(request)
+    finally:
         if metrics:
-            metrics.inflight.inc()
-        try:
-            response = await call_next(request)
-        finally:
-            if metrics:
-                metrics.inflight.dec()
+            metrics.inflight.dec()
     if metrics is not None:
         route = request.scope.get("route")
         endpoint = getattr(route, "path", None) or "unmatched"
@@ -139,6 +138,18 @@ def _root_cause(exc: BaseException) -> BaseException:
     while isinstance(getattr(exc, "cause", None), BaseException):
         exc = exc.cause  # type: ignore[attr-defined]
     return exc
+
+
+#: Consecutive failures on valid tiles after which a pipeline counts as unable to infer.
+FAILURE_STREAK = 3
+#: Shortest time between two probes of a failing pipeline by ``/health``.
+PROBE_INTERVAL_S = 5.0
+
+
+def _probe_tile() -> np.ndarray:
+    """A valid 64 px tile of H&E-like noise (deterministic), for probing a failing pipeline."""
+    rng = np.random.default_rng(0)
+    return rng.integers((120, 60, 110), (230, 180, 220), (64, 64, 3)).astype(np.uint8)
 
 
 def _iso(value: Any) -> str | None:
@@ -195,15 +206,52 @@ class Ingress:
         reference = Reference.load(reference_path) if reference_path else None
         self.drift = DriftMonitor(reference, **drift)
         self.stats = ServiceMetrics(self.drift)
+        # per "name:version": failures on valid tiles in a row, and when /health last probed it
+        self.streaks: dict[str, int] = {}
+        self.probed: dict[str, float] = {}
         _configure(self.stats, int(settings.get("max_body_bytes", 0)))
         install_auth(TokenAuth(self.catalog.resolve_token))
         count_errors_with(lambda code: self.stats.errors.labels(code).inc())
 
     # -- service ------------------------------------------------------------------------------
-    @api.get("/health", tags=["service"])
-    def health(self) -> Health:
-        """Whether the service is up (no token needed)."""
-        return Health(status="ok", pipelines=sorted(self.pipelines))
+    @api.get(
+        "/health",
+        tags=["service"],
+        response_model=Health,
+        responses={503: {"model": Health, "description": "A pipeline cannot infer."}},
+    )
+    async def health(self) -> JSONResponse:
+        """Whether the service can answer (no token needed): 503 while a pipeline cannot infer.
+
+        A pipeline fails :data:`FAILURE_STREAK` valid tiles in a row: it is reported failing
+        until a call succeeds; while it is, each ``/health`` (at most every
+        :data:`PROBE_INTERVAL_S`) probes it with a small tile, so a pipeline that recovers is
+        seen to, with or without traffic.
+        """
+        failing = await self._failing()
+        body = Health(
+            status="unhealthy" if failing else "ok",
+            pipelines=sorted(self.pipelines),
+            failing=failing,
+        )
+        return JSONResponse(body.model_dump(), status_code=503 if failing else 200)
+
+    async def _failing(self) -> list[str]:
+        """The pipelines (``name:version``) that cannot infer, probed again when due."""
+        failing = []
+        for versions in self.pipelines.values():
+            for deployed in versions.values():
+                key = f"{deployed.spec.name}:{deployed.spec.version}"
+                if self.streaks.get(key, 0) < FAILURE_STREAK:
+                    continue
+                now = time.monotonic()
+                if now - self.probed.get(key, -PROBE_INTERVAL_S) >= PROBE_INTERVAL_S:
+                    self.probed[key] = now
+                    with contextlib.suppress(ApiError):  # a success resets the streak
+                        await self._call(deployed, tile_batch([_probe_tile()]))
+                if self.streaks.get(key, 0) >= FAILURE_STREAK:
+                    failing.append(key)
+        return sorted(failing)
 
     @api.get(
         "/metrics",
@@ -267,7 +315,8 @@ class Ingress:
                 f"Tile resolution must be about {mpp} um/px for pipeline {body.pipeline!r}. "
                 f"Got {body.mpp} instead.",
             )
-        self.drift.observe_tile(await run_in_threadpool(tile_features, image))
+        features = await run_in_threadpool(tile_features, image)
+        self.drift.observe_tile(features)
         rows = await self._call(deployed, tile_batch([image]))
         result = to_json(rows, deployed.objects)
         self.drift.observe_prediction(len(result["objects"]), result["labels"])
@@ -285,14 +334,22 @@ class Ingress:
             objects=result["objects"],
             labels=result["labels"],
             drift_warning=bool(self.drift.report()["warning"]),
+            warnings=tile_warnings(image, features["tissue_fraction"]),
             elapsed_ms=(time.perf_counter() - start) * 1000,
         )
 
     async def _call(self, deployed: Deployed, batch: dict[str, Any]) -> dict[str, Any]:
-        """Call a pipeline deployment; back-pressure -> 503, no answer in time -> 504."""
+        """Call a pipeline deployment; back-pressure -> 503, no answer in time -> 504.
+
+        A unit's failure on the tile (500) extends the pipeline's failure streak; an answer
+        ends it.
+        """
+        key = f"{deployed.spec.name}:{deployed.spec.version}"
         response = deployed.handle.remote(batch)
         try:
-            return await asyncio.wait_for(_result(response), self.timeout_s)
+            rows = await asyncio.wait_for(_result(response), self.timeout_s)
+            self.streaks[key] = 0
+            return rows
         except TimeoutError:
             response.cancel()
             raise ApiError(
@@ -309,6 +366,7 @@ class Ingress:
                     f"Retry after {self.retry_after} s.",
                     {"Retry-After": self.retry_after},
                 ) from None
+            self.streaks[key] = self.streaks.get(key, 0) + 1
             cause = _root_cause(exc)
             # a unit failing on a tile that passed every input check is a server fault: say
             # which pipeline and what it raised, without the replicas' tracebacks

@@ -8,17 +8,25 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
+
+from serve.errors import CODES
 
 #: Names of pipelines and versions the API accepts (no paths: a client never names a file).
 NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 RUN_ID = r"^[A-Za-z0-9_-]{1,64}$"
+#: Every error code, for the schema's enum of ``ErrorDetail.code``.
+_CODE_ENUM: list[JsonValue] = [*sorted(CODES)]
 
 
 class ErrorDetail(BaseModel):
     """One error: a stable code and a message for people."""
 
-    code: str = Field(examples=["image.not_base64"])
+    code: str = Field(
+        examples=["image.not_base64"],
+        description="Stable: one per failure (serve.errors.CODES).",
+        json_schema_extra={"enum": _CODE_ENUM},
+    )
     message: str
 
 
@@ -66,6 +74,11 @@ class InferResponse(BaseModel):
     objects: list[ObjectOut]
     labels: dict[str, int] = Field(description="Objects per label.")
     drift_warning: bool
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="'<code>: <message>' per soft check the tile failed: 'image.blank' (a "
+        "uniform tile), 'image.no_tissue' (under 5 % tissue). The objects are then suspect.",
+    )
     elapsed_ms: float
 
 
@@ -121,10 +134,13 @@ class JobStatus(BaseModel):
 
 
 class Health(BaseModel):
-    """The service is up, with what it serves."""
+    """Whether the service can answer, with what it serves and what cannot infer."""
 
-    status: str
+    status: str = Field(description="'ok', or 'unhealthy' while a pipeline cannot infer.")
     pipelines: list[str]
+    failing: list[str] = Field(
+        default_factory=list, description="'name:version' of each pipeline that cannot infer."
+    )
 
 
 __all__ = [

@@ -94,6 +94,36 @@ def current_auth() -> TokenAuth:
     return _installed[0]
 
 
+_CHALLENGE = {"WWW-Authenticate": "Bearer"}
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header (None: absent, other scheme)."""
+    scheme, _, token = (authorization or "").partition(" ")
+    token = token.strip()
+    return token if scheme.lower() == "bearer" and token else None
+
+
+def authenticate(token: str | None) -> Principal:
+    """The principal of a bearer token.
+
+    Raises:
+        ApiError: ``auth.missing_token`` or ``auth.invalid_token`` (401).
+    """
+    if not token:
+        raise ApiError(
+            "auth.missing_token",
+            "An API token must be sent as 'Authorization: Bearer <token>'. Got none.",
+            _CHALLENGE,
+        )
+    principal = current_auth().principal(token)
+    if principal is None:
+        raise ApiError(
+            "auth.invalid_token", "The API token is unknown, revoked or expired.", _CHALLENGE
+        )
+    return principal
+
+
 def requires(scope: str) -> Any:
     """A FastAPI dependency: the caller's principal, if its role has ``scope``.
 
@@ -103,18 +133,7 @@ def requires(scope: str) -> Any:
     roles = SCOPES[scope]
 
     def check(request: Request, creds: Bearer) -> Principal:
-        challenge = {"WWW-Authenticate": "Bearer"}
-        if creds is None or not creds.credentials:
-            raise ApiError(
-                "auth.missing_token",
-                "An API token must be sent as 'Authorization: Bearer <token>'. Got none.",
-                challenge,
-            )
-        principal = current_auth().principal(creds.credentials)
-        if principal is None:
-            raise ApiError(
-                "auth.invalid_token", "The API token is unknown, revoked or expired.", challenge
-            )
+        principal = authenticate(creds.credentials if creds is not None else None)
         if not principal.allows(*roles):
             raise ApiError(
                 "auth.forbidden",
@@ -140,5 +159,7 @@ __all__ = [
     "Reader",
     "Submitter",
     "TokenAuth",
+    "authenticate",
+    "bearer_token",
     "requires",
 ]

@@ -30,6 +30,7 @@ from serve.errors import ApiError
 #: Formats accepted for tiles (PIL format names).
 FORMATS = ("PNG", "JPEG", "TIFF", "WEBP", "BMP")
 _DATA_URL = re.compile(r"^data:image/[a-z0-9.+-]+;base64,", re.IGNORECASE)
+_RAW_BITS = re.compile(r";(\d+)")
 _CHANNELS = {"1": 1, "L": 1, "P": 1, "LA": 2, "La": 2, "PA": 2, "RGB": 3, "RGBA": 4, "RGBa": 4}
 
 
@@ -129,12 +130,32 @@ def _channels(image: Image.Image) -> int:
     return _CHANNELS.get(image.mode, len(image.getbands()))
 
 
+def bits_per_channel(image: Image.Image) -> int:
+    """Bits per channel the file stores (PIL opens a 16-bit RGB PNG or TIFF as 8-bit ``RGB``).
+
+    Read from the header (TIFF's ``BitsPerSample``) or from the decoder's raw mode
+    (``RGB;16B``), before any pixel is decoded.
+    """
+    tags = getattr(image, "tag_v2", None)
+    if tags is not None and 258 in tags:  # TIFF BitsPerSample
+        bits = tags[258]
+        return int(max(bits) if isinstance(bits, tuple | list) else bits)
+    for tile in getattr(image, "tile", None) or ():
+        args = tile.args if hasattr(tile, "args") else tile[3]
+        rawmode = args if isinstance(args, str) else (args[0] if args else "")
+        match = _RAW_BITS.search(str(rawmode))
+        if match:
+            return int(match.group(1))
+    return 8
+
+
 def decode_tile(text: str, limits: ImageLimits) -> np.ndarray:
     """Decode a base64 tile into an ``(H, W, 3)`` uint8 RGB array.
 
     A palette image is expanded to RGB (its colours are RGB); any other mode than RGB is refused
-    (grey, grey + alpha, RGBA, CMYK, 16-bit): the units read colour and stain, and a silent
-    conversion would hide a wrong export.
+    (grey, grey + alpha, RGBA, CMYK: ``image.channels``), and so is an RGB file with more than
+    8 bits per channel (``image.bit_depth``; PIL would silently keep the top 8 bits): the units
+    read colour and stain, and a silent conversion would hide a wrong export.
 
     Args:
         text: The image file's bytes as base64 (a ``data:image/...;base64,`` prefix is allowed).
@@ -166,6 +187,13 @@ def decode_tile(text: str, limits: ImageLimits) -> np.ndarray:
             f"Image must have 3 channels (RGB, 8 bits). Got {_channels(image)} "
             f"({image.mode}) instead.",
         )
+    bits = bits_per_channel(image)
+    if bits != 8:
+        raise ApiError(
+            "image.bit_depth",
+            f"Image must have 8 bits per channel. Got {bits} bits per channel ({image.format}) "
+            "instead: convert it to 8-bit RGB before sending it.",
+        )
     try:
         image.load()
         if palette:  # a palette holds RGB colours: expand it
@@ -186,6 +214,44 @@ def decode_tile(text: str, limits: ImageLimits) -> np.ndarray:
     return np.ascontiguousarray(pixels)
 
 
+#: A tile whose every channel varies by less than this (standard deviation, grey levels) is blank.
+BLANK_STD = 2.0
+#: A tile with less tissue than this (share of pixels, :func:`serve.monitoring.tile_features`)
+#: has no tissue to speak of.
+MIN_TISSUE = 0.05
+
+
+def tile_warnings(image: np.ndarray, tissue_fraction: float) -> list[str]:
+    """Soft checks of an accepted tile: what makes its result suspect, as ``"code: message"``.
+
+    A uniform tile (solid black, white, any single colour: every channel's standard deviation
+    under :data:`BLANK_STD`) is ``image.blank``: a pipeline may still "find" objects on it
+    (thresholds relative to the tile), which are noise. A tile with under :data:`MIN_TISSUE`
+    tissue is ``image.no_tissue``. Black counts as tissue by optical density, which is why
+    uniformity is checked separately. The codes are :data:`serve.errors.WARNINGS`.
+
+    Args:
+        image: The decoded ``(H, W, 3)`` tile.
+        tissue_fraction: Its share of tissue pixels.
+
+    Returns:
+        The warnings, empty for an ordinary tile.
+    """
+    std = np.asarray(image[::4, ::4], np.float32).reshape(-1, 3).std(axis=0)
+    found = []
+    if float(std.max()) < BLANK_STD:
+        found.append(
+            f"image.blank: every channel of the tile is uniform (standard deviation at most "
+            f"{float(std.max()):.2f} grey levels); objects found on it are noise."
+        )
+    if tissue_fraction < MIN_TISSUE:
+        found.append(
+            f"image.no_tissue: {tissue_fraction:.1%} of the tile is tissue (under "
+            f"{MIN_TISSUE:.0%}); its objects are unreliable."
+        )
+    return found
+
+
 def encode_tile(pixels: np.ndarray, fmt: str = "PNG") -> str:
     """Encode an RGB array as base64 image text (clients, tests and benchmarks)."""
     buf = io.BytesIO()
@@ -193,4 +259,12 @@ def encode_tile(pixels: np.ndarray, fmt: str = "PNG") -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-__all__ = ["FORMATS", "ImageLimits", "decode_base64", "decode_tile", "encode_tile"]
+__all__ = [
+    "FORMATS",
+    "ImageLimits",
+    "bits_per_channel",
+    "decode_base64",
+    "decode_tile",
+    "encode_tile",
+    "tile_warnings",
+]

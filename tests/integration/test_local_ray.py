@@ -74,4 +74,3 @@ def test_local_ray_listens_on_loopback_only() -> None:
     assert {"gcs_server", "raylet"} <= names, sockets
     exposed = [s for s in sockets if not _loopback(s[1])]
     assert not exposed, f"Ray sockets bound beyond loopback: {exposed}"
-

@@ -1,8 +1,9 @@
 """The Serve API over real HTTP on loopback: inference, bad input, auth, overload, drift, jobs.
 
 One application is started for the module (real Ray, real Serve, real catalog and cold store):
-the ``tissue`` and ``nuclei`` presets with batching, and a deliberately slow pipeline (dark blobs
-sleeping 0.8 s per call) limited to one request in flight and one queued, to show overload.
+the ``tissue`` and ``nuclei`` presets with batching, a deliberately slow pipeline (dark blobs
+sleeping 0.8 s per call) limited to one request in flight and one queued, to show overload, and
+a pipeline that fails while a flag file exists (:mod:`tests.flagged`), to show ``/health``.
 Beside it, the clinician app runs as a second Serve application under ``/ui``.
 """
 
@@ -11,6 +12,8 @@ from __future__ import annotations
 import base64
 import concurrent.futures
 import io
+import json
+import select
 import socket
 import subprocess
 import sys
@@ -28,6 +31,7 @@ from pathray.catalog import Catalog
 from pathray.engine.stages import UnitStage
 from pathray.slides.register import register_slides
 from pipelines.presets import load_preset
+from serve.errors import CODES
 from serve.inference import object_columns, plan_nodes, run_in_process, tile_batch, to_json
 from serve.validation import encode_tile
 from tests.helpers import OME_FILES, SHARED
@@ -37,6 +41,7 @@ pytestmark = [pytest.mark.ray, pytest.mark.timeout(1200)]
 TILE_SLIDE = SHARED / "OS-1-detail.ome.tif"  # H&E, about 0.227 um/px
 JOB_SLIDE = next(p for p in OME_FILES if "ndpi" in p.name)  # 2202 px square
 TERMINAL = ("succeeded", "failed", "cancelled")
+PIPELINES = ["flaky", "nuclei_classical", "slow", "tissue"]
 UI_PASSWORD = "clinician-password"
 SLOW = """
 name: slow
@@ -46,6 +51,17 @@ tiling: {mpp: 0.25, size: 128, overlap: 16, min_tissue: 0.0}
 units:
   - {id: blobs, unit: dark_blobs, config: {threshold: 110, delay_s: 0.8}}
 """
+
+FLAKY = """
+name: flaky
+version: "1"
+description: Dark blobs failing while a flag file exists (health tests).
+tiling: {{mpp: 0.25, size: 128, overlap: 16, min_tissue: 0.0}}
+units:
+  - {{id: blobs, unit: flagged_blobs, config: {{threshold: 110, flag: "{flag}"}}}}
+"""
+#: The largest body the test service accepts (small, so an oversize body is quick to send).
+MAX_BODY = 8 * 2**20
 
 
 def _tiles(n: int, size: int = 256) -> list[np.ndarray]:
@@ -77,7 +93,10 @@ def _free_port() -> int:
 class Env:
     """The running service and what the tests need to talk to it."""
 
-    def __init__(self, url: str, catalog: Catalog, tokens: dict[str, str], slide_id: int):
+    def __init__(
+        self, url: str, catalog: Catalog, tokens: dict[str, str], slide_id: int, flag: Path
+    ):
+        self.flag = flag
         self.url = url
         self.catalog = catalog
         self.tokens = tokens
@@ -112,6 +131,10 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     reference = build_reference(_tiles(12)).save(home / "reference.json")
     slow = home / "slow.yaml"
     slow.write_text(SLOW)
+    import tests.flagged  # noqa: F401 - registers the flagged_blobs unit
+
+    flaky = home / "flaky.yaml"
+    flaky.write_text(FLAKY.format(flag=home / "broken"))
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("RAY_raylet_start_wait_time_s", "120")
         for attempt in range(3):  # a raylet can die at start on a loaded machine: start again
@@ -129,7 +152,9 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
             PipelineArgs(
                 source=str(slow), batching=False, max_ongoing_requests=1, max_queued_requests=1
             ),
+            PipelineArgs(source=str(flaky), batching=False),
         ],
+        max_body_bytes=MAX_BODY,
         catalog_url=catalog.url,
         cold_root=str(home / "cold"),
         unit_cpus=0.1,
@@ -141,7 +166,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     ui = clinician_app(catalog.url, str(home / "cold"), poll_ms=60_000)
     url = start(app_builder(args), port=port, ui=ui)
     try:
-        yield Env(url, catalog, tokens, report.registered[0].id)
+        yield Env(url, catalog, tokens, report.registered[0].id, home / "broken")
     finally:
         serve.shutdown()
         ray.shutdown()
@@ -151,14 +176,20 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
 def test_health_is_open_and_the_schema_is_published(env: Env) -> None:
     health = env.client.get("/health")
     assert health.status_code == 200
-    assert health.json() == {"status": "ok", "pipelines": ["nuclei_classical", "slow", "tissue"]}
+    assert health.json() == {"status": "ok", "pipelines": PIPELINES, "failing": []}
     published = env.client.get("/openapi.json")
     schema = published.json()
     assert published.status_code == 200 and "paths" in schema, published.text[:500]
+    # the error contract: every code of serve.errors is published, /health may answer 503
+    code = schema["components"]["schemas"]["ErrorDetail"]["properties"]["code"]
+    assert code["enum"] == sorted(CODES)
+    assert {"request.unsupported_media_type", "image.bit_depth"} <= set(code["enum"])
+    assert "503" in schema["paths"]["/health"]["get"]["responses"]
     assert {"/v1/infer", "/v1/jobs", "/v1/jobs/{run_id}", "/metrics"} <= set(schema["paths"])
     assert "HTTPBearer" in schema["components"]["securitySchemes"]
     listed = env.client.get("/v1/pipelines", headers=env.auth("clinician")).json()
     assert {p["name"]: p["batching"] for p in listed} == {
+        "flaky": False,
         "nuclei_classical": True,
         "slow": False,
         "tissue": True,
@@ -440,3 +471,157 @@ def test_the_clinician_app_is_mounted_under_ui_behind_its_own_sign_in(env: Env) 
         gradio = user.get("/ui/app/")
         assert gradio.status_code == 200 and "gradio" in gradio.text.lower()
         assert user.get("/ui/logout", follow_redirects=False).headers["location"] == "/ui/login"
+
+
+# -- issue 23: the tests below run last (their tiles would move the drift window above) --------
+
+
+def test_sixteen_bit_tiles_are_refused_and_blank_tiles_carry_a_warning(env: Env) -> None:
+    """A 16-bit RGB PNG or TIFF was silently cut to 8 bits; a black tile gave nuclei unremarked."""
+    import cv2
+    import tifffile
+
+    rgb16 = _tiles(1, 128)[0].astype(np.uint16) * 257
+    png16 = cv2.imencode(".png", np.ascontiguousarray(rgb16[..., ::-1]))[1].tobytes()
+    tiff16 = io.BytesIO()
+    tifffile.imwrite(tiff16, rgb16, photometric="rgb")
+    for name, data in (("png", png16), ("tiff", tiff16.getvalue())):
+        refused = env.infer(_tissue(_b64(data)))
+        assert refused.status_code == 415, f"{name}: {refused.status_code} {refused.text}"
+        error = refused.json()["error"]
+        assert error["code"] == "image.bit_depth" and "Got 16 bits" in error["message"], error
+    black = np.zeros((256, 256, 3), np.uint8)
+    answered = env.infer({"image": encode_tile(black), "pipeline": "nuclei_classical"})
+    assert answered.status_code == 200, answered.text
+    warnings = answered.json()["warnings"]
+    assert [w.split(":")[0] for w in warnings] == ["image.blank"], warnings
+    white = env.infer(_tissue(encode_tile(np.full((128, 128, 3), 245, np.uint8)))).json()
+    assert [w.split(":")[0] for w in white["warnings"]] == ["image.blank", "image.no_tissue"]
+    ordinary = env.infer(_tissue(encode_tile(_tiles(1)[0])))
+    assert ordinary.status_code == 200 and ordinary.json()["warnings"] == []
+
+
+def test_405_names_the_allowed_methods_and_a_body_that_is_not_json_is_415(env: Env) -> None:
+    wrong_method = env.client.delete("/v1/infer", headers=env.auth())
+    assert wrong_method.status_code == 405 and wrong_method.headers["allow"] == "POST"
+    assert wrong_method.json()["error"]["code"] == "request.method_not_allowed"
+    body = json.dumps(_tissue(encode_tile(_tiles(1, 64)[0])))
+    for media in ("text/plain", "application/x-www-form-urlencoded"):
+        sent = env.client.post(
+            "/v1/infer", content=body, headers={**env.auth(), "content-type": media}
+        )
+        assert sent.status_code == 415, f"{media}: {sent.status_code} {sent.text}"
+        assert sent.json()["error"]["code"] == "request.unsupported_media_type"
+    as_json = env.client.post(
+        "/v1/infer",
+        content=body,
+        headers={**env.auth(), "content-type": "application/json; charset=utf-8"},
+    )
+    assert as_json.status_code == 200, as_json.text
+
+
+def _stream_until_answered(
+    url: str, headers: dict[str, str], chunk: int, chunks: int, pause_s: float
+) -> tuple[int, int, float]:
+    """POST a chunked body to /v1/infer over a raw socket, one chunk at a time, until answered.
+
+    Returns:
+        The status, the body bytes sent before the answer came, and the seconds it took.
+    """
+    target = httpx.URL(url)
+    head = "".join(
+        f"{k}: {v}\r\n"
+        for k, v in {
+            "Host": f"{target.host}:{target.port}",
+            "Transfer-Encoding": "chunked",
+            "Content-Type": "application/json",
+            **headers,
+        }.items()
+    )
+    framed = f"{chunk:x}\r\n".encode() + b" " * chunk + b"\r\n"
+    sent = 0
+    with socket.create_connection((target.host, target.port), timeout=60) as sock:
+        start = time.perf_counter()
+        sock.sendall(f"POST /v1/infer HTTP/1.1\r\n{head}\r\n".encode())
+        for _ in range(chunks):
+            if select.select([sock], [], [], 0)[0]:  # answered: stop sending
+                break
+            try:
+                sock.sendall(framed)
+            except (BrokenPipeError, ConnectionResetError, TimeoutError):
+                break
+            sent += chunk
+            time.sleep(pause_s)
+        else:  # all sent without an answer: end the body, so the server answers now
+            sock.sendall(b"0\r\n\r\n")
+        reply = sock.recv(65536)
+        took = time.perf_counter() - start
+    return int(reply.split(b" ", 2)[1]), sent, took
+
+
+def test_a_chunked_body_is_refused_before_it_is_read(env: Env) -> None:
+    """Without a token, or past the size limit, the answer comes while the body still streams.
+
+    Before, a chunked body (no Content-Length) was read whole and parsed before the token or
+    the size were checked: a 48 MiB body without a token was answered only once all was read.
+    """
+    total = 48 * 2**20
+    chunk = 2**19
+    status, sent, took = _stream_until_answered(env.url, {}, chunk, total // chunk, 0.03)
+    print(f"no token: {status} after {sent / 2**20:.1f} MiB sent, {took:.2f} s")
+    assert status == 401, (status, sent, took)
+    assert sent <= total // 4, f"answered after {sent} of {total} bytes ({took:.2f} s)"
+    status, sent, took = _stream_until_answered(env.url, env.auth(), chunk, total // chunk, 0.01)
+    print(f"past the limit: {status} after {sent / 2**20:.1f} MiB sent, {took:.2f} s")
+    assert status == 413, (status, sent, took)
+    assert MAX_BODY < sent <= MAX_BODY + total // 4, f"{sent} bytes sent ({took:.2f} s)"
+
+    def body() -> Iterator[bytes]:
+        for _ in range(total // chunk):
+            yield b" " * chunk
+
+    # the same over httpx (a generator body is sent chunked), and the refusals are counted
+    refused = env.client.post(
+        "/v1/infer", content=body(), headers={**env.auth(), "content-type": "application/json"}
+    )
+    assert refused.status_code == 413 and refused.json()["error"]["code"] == "request.too_large"
+    declared = env.client.post(
+        "/v1/infer",
+        content=b" " * (MAX_BODY + 1),
+        headers={**env.auth(), "content-type": "application/json"},
+    )
+    assert declared.status_code == 413, declared.text
+    metrics = env.client.get("/metrics", headers=env.auth("engineer")).text
+    counted = [
+        line
+        for line in metrics.splitlines()
+        if line.startswith('pathray_errors_total{code="request.too_large"}')
+    ]
+    assert counted and float(counted[0].split()[-1]) >= 3, counted
+    assert 'pathray_errors_total{code="auth.missing_token"}' in metrics
+
+
+def test_health_is_unhealthy_while_a_pipeline_cannot_infer(env: Env) -> None:
+    """Before, every inference could fail with a 500 while /health said ok."""
+    body = {"image": encode_tile(_tiles(1, 128)[0]), "pipeline": "flaky"}
+    assert env.infer(body).status_code == 200
+    env.flag.touch()
+    try:
+        for _ in range(3):
+            failed = env.infer(body)
+            assert failed.status_code == 500, failed.text
+            assert failed.json()["error"]["code"] == "pipeline.failed"
+        sick = env.client.get("/health")
+        assert sick.status_code == 503, sick.text
+        want = {"status": "unhealthy", "pipelines": PIPELINES, "failing": ["flaky:1"]}
+        assert sick.json() == want
+    finally:
+        env.flag.unlink(missing_ok=True)
+    # mended: /health probes the failing pipeline itself, without any client traffic
+    deadline = time.monotonic() + 60
+    health = env.client.get("/health")
+    while health.status_code != 200 and time.monotonic() < deadline:
+        time.sleep(1)
+        health = env.client.get("/health")
+    assert health.status_code == 200, health.text
+    assert health.json() == {"status": "ok", "pipelines": PIPELINES, "failing": []}

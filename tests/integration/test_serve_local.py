@@ -8,6 +8,7 @@ Serve's local mode has no ``@serve.batch``, so batching is off here.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -67,8 +68,13 @@ def test_the_composed_pipeline_infers_what_the_units_give_in_process(ingress: An
         CLIENT, InferRequest(image=encode_tile(tile), pipeline="tissue")
     ).result()
     assert tissue.objects == [] and tissue.tile["tissue_fraction"] > 0.5
-    health = ingress.health.remote().result()
-    assert health.pipelines == ["nuclei_classical", "tissue"]
+    health = ingress.health.remote().result()  # the JSONResponse (503 when a pipeline fails)
+    assert health.status_code == 200
+    assert json.loads(health.body) == {
+        "status": "ok",
+        "pipelines": ["nuclei_classical", "tissue"],
+        "failing": [],
+    }
     assert ingress.monitoring.remote(CLIENT).result()["drift"]["tiles"] == 2
 
 

@@ -116,3 +116,33 @@ def test_drift_warns_only_past_the_threshold(tiles: list[np.ndarray]) -> None:
     text = ServiceMetrics(monitor).render().decode()
     assert "pathray_drift_warning 1.0" in text
     assert 'pathray_drift_score{kind="inputs",name="hematoxylin"}' in text
+
+
+def test_sixteen_bit_rgb_is_refused_and_blank_tiles_warned(tiles: list[np.ndarray]) -> None:
+    """Issue 23 item 5: PIL opens a 16-bit RGB PNG or TIFF as 8-bit RGB; refuse it instead."""
+    import cv2
+    import tifffile
+
+    from serve.validation import bits_per_channel, tile_warnings
+
+    rgb16 = tiles[0].astype(np.uint16) * 257
+    png16 = cv2.imencode(".png", np.ascontiguousarray(rgb16[..., ::-1]))[1].tobytes()
+    tiff16 = io.BytesIO()
+    tifffile.imwrite(tiff16, rgb16, photometric="rgb")
+    for data in (png16, tiff16.getvalue()):
+        assert bits_per_channel(Image.open(io.BytesIO(data))) == 16
+        assert _code(base64.b64encode(data).decode()) == "image.bit_depth"
+    for fmt in ("PNG", "TIFF", "JPEG", "WEBP", "BMP"):  # 8-bit files of every format pass
+        assert decode_tile(_b64(Image.fromarray(tiles[0]), fmt), LIMITS).shape == (128, 128, 3)
+    black = np.zeros((64, 64, 3), np.uint8)
+    white = np.full((64, 64, 3), 240, np.uint8)
+    assert [w.split(":")[0] for w in tile_warnings(black, 1.0)] == ["image.blank"]
+    assert [w.split(":")[0] for w in tile_warnings(white, 0.0)] == [
+        "image.blank",
+        "image.no_tissue",
+    ]
+    fraction = tile_features(tiles[1])["tissue_fraction"]
+    assert fraction > 0.5 and tile_warnings(tiles[1], fraction) == []
+    from serve.errors import WARNINGS
+
+    assert {w.split(":")[0] for w in tile_warnings(white, 0.0)} == set(WARNINGS)

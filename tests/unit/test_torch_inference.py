@@ -102,3 +102,43 @@ def test_the_forward_pass_is_sized_to_the_cpu_caches_without_changing_the_maps()
     assert passes == {"auto": [2, 2, 1], "single": [1] * 5, "whole": [5]}
     gpu = SimpleNamespace(config=SimpleNamespace(precision="float32"), _device="cuda")
     assert forward_pass_size(gpu, 256 * 256 * 8, batch=5) == 5
+
+
+def test_concurrent_first_inferences_of_a_fresh_unit_all_succeed_alike() -> None:
+    """Issue 23 item 3: eight threads making a fresh unit's first call at once.
+
+    Building the inference copy with torch.fx patched ``nn.Module.__call__`` process-wide, so the
+    other threads' calls failed ('module is not installed as a submodule') and the patch could
+    stay for good. Now they all succeed, share one copy and agree bit for bit.
+    """
+    import threading
+
+    import numpy as np
+
+    from pipelines.nuclei.unet import NucleusUNet
+
+    config = {"channels": (8, 16, 32), "iterations": 1, "crop_size": 32, "device": "cpu"}
+    unit = NucleusUNet(config)
+    unit.model_ = _unet()
+    images = np.random.default_rng(2).integers(0, 256, (1, 64, 64, 3), dtype=np.uint8)
+    n = 8
+    start = threading.Barrier(n)
+    outputs: list[np.ndarray | BaseException | None] = [None] * n
+
+    def first_call(i: int) -> None:
+        start.wait()
+        try:
+            outputs[i] = unit.predict_maps(images)
+        except Exception as exc:  # recorded: the assertion below names it
+            outputs[i] = exc
+
+    threads = [threading.Thread(target=first_call, args=(i,)) for i in range(n)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    failures = [repr(o) for o in outputs if not isinstance(o, np.ndarray)]
+    assert not failures, failures
+    assert all(np.array_equal(o, outputs[0]) for o in outputs)  # type: ignore[arg-type]
+    assert torch.nn.Module.__call__ is torch.nn.Module._wrapped_call_impl  # nothing left patched
+    assert unit.predict_maps(images).shape == outputs[0].shape  # type: ignore[union-attr]
