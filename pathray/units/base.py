@@ -28,13 +28,16 @@ import json
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 from pydantic import ValidationError as PydanticValidationError
 
 from pathray.errors import ConfigError
+
+if TYPE_CHECKING:
+    from pathray.catalog.records import ModelVersion
 
 Granularity = Literal["tile", "object"]
 Batch = dict[str, np.ndarray]
@@ -128,6 +131,8 @@ class Unit(ABC):
     outputs: ClassVar[tuple[Column, ...]] = ()
     resources: ClassVar[Resources] = Resources()
     batch_size: ClassVar[int] = 16
+    #: Whether the unit loads a model (``artifacts["model"]``), bound by a node's ``model``.
+    needs_model: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -191,6 +196,19 @@ class Unit(ABC):
     def mpp(cls, config: UnitConfig | Mapping[str, Any] | None = None) -> float | None:
         """Microns per pixel the unit works at (its config's ``mpp`` field), if any."""
         return getattr(cls.validate_config(config), "mpp", None)
+
+    @classmethod  # noqa: B027 - optional hook, accepts any version by default
+    def check_model(cls, version: ModelVersion) -> None:
+        """Check that a model version fits the unit (task, classes, resolution).
+
+        Validation calls it for every node with a model; the default accepts any version.
+
+        Args:
+            version: The registered model version the node binds.
+
+        Raises:
+            ConfigError: With the reason, when the version does not fit.
+        """
 
     def setup(self) -> None:  # noqa: B027 - optional hook, empty by default
         """Load models and other heavy state; runs once per actor."""
