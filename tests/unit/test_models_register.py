@@ -318,3 +318,19 @@ def test_versions_without_a_card_read_as_empty(catalog: Catalog, cold: Path) -> 
     catalog.register_model("old", "sklearn")
     version = catalog.add_model_version("old", artifact=ArtifactStore(cold).put(b"blob"))
     assert version.card == {} and catalog.get_model_version("old").card == {}
+
+
+def test_the_models_package_imports_neither_store() -> None:
+    """Units load models through pathray.models, which must stay free of catalog and cold store."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, pathray.models.runtime, pathray.models.examples, "
+        "pipelines.classify.tile_classifier\n"
+        "stores = ('pathray.catalog', 'pathray.results')\n"
+        "bad = sorted(m for m in sys.modules if m.startswith(stores))\n"
+        "assert not bad, bad"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
