@@ -71,13 +71,14 @@ def load_source(path: str | Path, card: str | Path | None = None) -> tuple[Path,
     if is_wsinfer_config(data):
         parsed = card_from_wsinfer(data, model_file.name, str(card_path))
     else:
-        parsed = card_from_mapping({"file": model_file.name, "format": fmt, **data}, str(card_path))
+        # the format defaults to the detected one; the file is always the one registered
+        parsed = card_from_mapping({"format": fmt, **data, "file": model_file.name}, str(card_path))
     if parsed.format != fmt:
         raise ModelFileError(
             f"The card's format must match the file's. Got card format {parsed.format!r} for "
             f"{model_file.name}, which is {fmt!r}."
         )
-    return model_file, parsed.model_copy(update={"file": model_file.name})
+    return model_file, parsed
 
 
 def _only_model_file(folder: Path) -> Path:

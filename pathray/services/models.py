@@ -22,7 +22,6 @@ from pathlib import Path
 from pathray.catalog import Catalog
 from pathray.catalog.models_registry import check_alias, check_name
 from pathray.catalog.records import ModelVersion
-from pathray.errors import NotFoundError
 from pathray.models.card import Format
 from pathray.models.folder import load_source, write_model_folder
 from pathray.models.runtime import check_against_card, load_predictor
@@ -74,8 +73,6 @@ def register_model(
     check_name("model", name)
     if alias is not None:
         check_alias(alias)
-    if not Path(path).exists():
-        raise NotFoundError(f"Model source {path} does not exist.")
     model_file, parsed = load_source(path, card)
     with tempfile.TemporaryDirectory(prefix="pathray-model-") as staging:
         folder = write_model_folder(Path(staging) / "model", model_file, parsed)
