@@ -1,4 +1,4 @@
-"""``pathray models``: list the model registry, show a model's versions and lineage, promote.
+"""``pathray models``: list, register, show (versions, card, lineage) and promote models.
 
 Mounted by :mod:`pathray.cli` as ``app.add_typer(models_app, name="models")``. This module
 imports nothing from :mod:`pathray.cli` (which imports it), so it keeps its own small helpers.
@@ -12,6 +12,7 @@ import json
 import sys
 from collections.abc import Callable
 from functools import wraps
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
@@ -119,9 +120,14 @@ def models_show(
         console.print(model.description)
     if version is None:
         _print_versions(versions)
+        if versions and versions[-1].card:
+            console.print(f"card of {versions[-1].ref}:")
+            console.print_json(json.dumps(versions[-1].card))
         return
     _print_version(lineage[0])
     console.print("lineage: " + " <- ".join(v.ref for v in lineage))
+    console.print("card:")
+    console.print_json(json.dumps(lineage[0].card or {}))
 
 
 def _print_versions(versions: list[ModelVersion]) -> None:
@@ -157,6 +163,42 @@ def _print_version(v: ModelVersion) -> None:
     console.print_json(json.dumps(v.training_run, default=str))
     console.print("metrics:")
     console.print_json(json.dumps(v.metrics, default=str))
+
+
+@models_app.command("register")
+@_friendly
+def models_register(
+    name: Annotated[str, typer.Argument(help="Model name (a new version if it exists).")],
+    path: Annotated[
+        Path,
+        typer.Argument(
+            help="Model file (.pt TorchScript, .onnx, .skops, XGBoost .json/.ubj), or a folder "
+            "with one model file and its card (card.yaml, card.json or WSInfer's config.json)."
+        ),
+    ],
+    card: Annotated[
+        Path | None, typer.Option("--card", help="Model card (YAML or JSON) for a bare file.")
+    ] = None,
+    alias: Annotated[
+        str | None, typer.Option("--alias", help="Alias to point at the new version.")
+    ] = None,
+    actor: Annotated[str, typer.Option(help="Who acts (recorded in the audit log).")] = ME,
+) -> None:
+    """Register a model trained elsewhere: check its format, card and shapes, then store it.
+
+    Pickles (torch.save checkpoints, joblib) are refused: save the model as TorchScript, ONNX,
+    skops or XGBoost JSON/UBJ.
+    """
+    from pathray.services.models import register_model
+
+    version = register_model(
+        _catalog(), Settings.from_env().cold_root, name, path, card, alias=alias, actor=actor
+    )
+    aliases = f" ({', '.join(version.aliases)})" if version.aliases else ""
+    console.print(
+        f"registered {version.ref}{aliases}: {version.card['format']} "
+        f"{version.card['task']}, sha256:{version.artifact_digest[:12]}"
+    )
 
 
 @models_app.command("promote")

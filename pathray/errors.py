@@ -50,3 +50,7 @@ class SlideError(PathRayError):
         self.path = str(path)
         self.reason = reason
         super().__init__(f"{self.path}: {reason}")
+
+
+class ModelFileError(PathRayError):
+    """A model file is missing, corrupt, in an unsafe format, or contradicts its model card."""

@@ -31,6 +31,7 @@ from sqlalchemy import (
     UniqueConstraint,
     false,
     func,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -381,6 +382,10 @@ class ModelVersionRow(Base):
     metrics: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False)
     container_image: Mapped[str | None] = mapped_column(String(512))
     resources: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False)
+    #: The model card (:class:`pathray.models.card.ModelCard` as JSON); {} before cards existed.
+    card: Mapped[dict[str, Any]] = mapped_column(
+        JSONType, nullable=False, default=dict, server_default=text("'{}'")
+    )
     created_at: Mapped[datetime] = _created_at()
     created_by: Mapped[str] = mapped_column(String(128), nullable=False)
 

@@ -111,7 +111,25 @@ def normalise_resources(resources: Mapping[str, Any] | None) -> dict[str, Any]:
     return out
 
 
-def _check_alias(alias: str) -> str:
+def _artifact_fields(
+    artifact: Artifact | None, digest: str | None, uri: str | None
+) -> tuple[str, str, int | None]:
+    """``(digest, uri, size)`` of a version's artifact, given as an Artifact or digest and uri."""
+    if artifact is not None:
+        if digest is not None or uri is not None:
+            raise ConfigError("Give either artifact or artifact_digest and artifact_uri.")
+        return check_digest(artifact.digest), artifact.uri, artifact.size
+    if digest is not None and uri:
+        return check_digest(digest), uri, None
+    raise ConfigError("A model version needs its artifact (or its digest and uri).")
+
+
+def check_alias(alias: str) -> str:
+    """Check an alias: a letter, then letters, digits, ``_``, ``.`` or ``-``; not ``latest``.
+
+    Raises:
+        ConfigError: The alias is unusable.
+    """
     if not _ALIAS.match(alias) or alias == LATEST:
         raise ConfigError(
             "An alias must be a letter then up to 63 letters, digits, '_', '.' or '-', and not "
@@ -256,6 +274,7 @@ class ModelRegistryMixin(CatalogBase):
         parent_version: int | str | None = None,
         container_image: str | None = None,
         resources: Mapping[str, Any] | None = None,
+        card: Mapping[str, Any] | None = None,
         created_by: str = "system",
     ) -> ModelVersion:
         """Record a new version of a model; it gets the next number (1, 2, 3, ...).
@@ -275,6 +294,8 @@ class ModelRegistryMixin(CatalogBase):
             container_image: Image to run it in, if any.
             resources: ``cpus``, ``gpus``, ``memory_mb`` it needs (see
                 :func:`normalise_resources`).
+            card: Its model card as JSON data (validated by the caller, see
+                :mod:`pathray.services.models`).
             created_by: Who made it; also the actor in the audit log.
 
         Returns:
@@ -285,55 +306,151 @@ class ModelRegistryMixin(CatalogBase):
             ConfigError: The artifact is missing or given twice, a malformed digest, bad
                 resources.
         """
-        if artifact is not None:
-            if artifact_digest is not None or artifact_uri is not None:
-                raise ConfigError("Give either artifact or artifact_digest and artifact_uri.")
-            digest, uri, size = artifact.digest, artifact.uri, artifact.size
-        elif artifact_digest is not None and artifact_uri:
-            digest, uri, size = artifact_digest, artifact_uri, None
-        else:
-            raise ConfigError("A model version needs its artifact (or its digest and uri).")
-        digest = check_digest(digest)
-        needs = normalise_resources(resources)
+        digest, uri, size = _artifact_fields(artifact, artifact_digest, artifact_uri)
         with self.transaction() as session:
             model_row = self._model_row(session, model, lock=True)
-            parent = None
-            if parent_version is not None:
-                parent = self._model_version_row(session, model_row, parent_version)
-            # the next number is computed inside the INSERT: atomic under SQLite's write lock
-            # (and under the model's row lock on PostgreSQL)
-            next_version = (
-                select(func.coalesce(func.max(ModelVersionRow.version), 0) + 1)
-                .where(ModelVersionRow.model_id == model_row.id)
-                .scalar_subquery()
+            return self._insert_version(
+                session,
+                model_row,
+                digest=digest,
+                uri=uri,
+                size=size,
+                parent_version=parent_version,
+                training_run=training_run,
+                metrics=metrics,
+                container_image=container_image,
+                resources=resources,
+                card=card,
+                created_by=created_by,
             )
-            new_id = session.execute(
-                insert(ModelVersionRow)
-                .values(
-                    model_id=model_row.id,
-                    version=next_version,
-                    artifact_digest=digest,
-                    artifact_uri=uri,
-                    artifact_size=size,
-                    parent_version_id=None if parent is None else parent.id,
-                    training_run=json_safe(dict(training_run or {})),
-                    metrics=json_safe(dict(metrics or {})),
-                    container_image=container_image,
-                    resources=needs,
-                    created_by=created_by,
+
+    def _insert_version(
+        self,
+        session: Session,
+        model_row: ModelRow,
+        *,
+        digest: str,
+        uri: str,
+        size: int | None,
+        parent_version: int | str | None,
+        training_run: Mapping[str, Any] | None,
+        metrics: Mapping[str, Any] | None,
+        container_image: str | None,
+        resources: Mapping[str, Any] | None,
+        card: Mapping[str, Any] | None,
+        created_by: str,
+    ) -> ModelVersion:
+        """Insert the next version of a (locked) model in the open transaction."""
+        needs = normalise_resources(resources)
+        parent = None
+        if parent_version is not None:
+            parent = self._model_version_row(session, model_row, parent_version)
+        # the next number is computed inside the INSERT: atomic under SQLite's write lock
+        # (and under the model's row lock on PostgreSQL)
+        next_version = (
+            select(func.coalesce(func.max(ModelVersionRow.version), 0) + 1)
+            .where(ModelVersionRow.model_id == model_row.id)
+            .scalar_subquery()
+        )
+        new_id = session.execute(
+            insert(ModelVersionRow)
+            .values(
+                model_id=model_row.id,
+                version=next_version,
+                artifact_digest=digest,
+                artifact_uri=uri,
+                artifact_size=size,
+                parent_version_id=None if parent is None else parent.id,
+                training_run=json_safe(dict(training_run or {})),
+                metrics=json_safe(dict(metrics or {})),
+                container_image=container_image,
+                resources=needs,
+                card=json_safe(dict(card or {})),
+                created_by=created_by,
+            )
+            .returning(ModelVersionRow.id)
+        ).scalar_one()
+        row = session.get_one(ModelVersionRow, new_id)
+        parent_number = None if parent is None else parent.version
+        details = {
+            "model": model_row.name,
+            "version": row.version,
+            "artifact": digest,
+            "parent_version": parent_number,
+        }
+        self._audit(session, created_by, "create", "model_version", row.id, details)
+        return ModelVersion.from_row(row, model_row.name, parent_number)
+
+    def register_model_version(
+        self,
+        name: str,
+        framework: str,
+        *,
+        artifact: Artifact,
+        card: Mapping[str, Any],
+        task: str = "",
+        alias: str | None = None,
+        container_image: str | None = None,
+        resources: Mapping[str, Any] | None = None,
+        created_by: str = "system",
+    ) -> ModelVersion:
+        """Record a model (created if new), its next version with a card, and an alias, at once.
+
+        Everything happens in one transaction: on any error nothing is recorded.
+
+        Args:
+            name: The model's name (created with ``framework`` and ``task`` if new).
+            framework: ``"sklearn"``, ``"xgboost"``, ``"torch"``, ...
+            artifact: The stored version folder.
+            card: The model card as JSON data.
+            task: What the model does (kept as it is for an existing model).
+            alias: An alias to point at the new version, if any.
+            container_image: Image to run it in, if any.
+            resources: ``cpus``, ``gpus``, ``memory_mb`` it needs.
+            created_by: Who registers it; also the actor in the audit log.
+
+        Returns:
+            The new version (with its alias).
+
+        Raises:
+            ConfigError: An unusable name or alias, unknown framework, bad resources.
+            ConflictError: The model exists with another framework.
+        """
+        check_name("model", name)
+        self._check_choice("framework", framework, MODEL_FRAMEWORKS)
+        if alias is not None:
+            check_alias(alias)
+        values = {"name": name, "framework": framework, "task": task, "description": ""}
+        with self.transaction() as session:
+            new_id = insert_or_ignore(session, ModelRow, values, ["name"])
+            if new_id is not None:
+                details = {"name": name, "framework": framework, "task": task}
+                self._audit(session, created_by, "create", "model", new_id, details)
+            model_row = self._model_row(session, name, lock=True)
+            if model_row.framework != framework:
+                raise ConflictError(
+                    f"Model '{name}' exists with framework '{model_row.framework}'. "
+                    f"Got '{framework}' instead."
                 )
-                .returning(ModelVersionRow.id)
-            ).scalar_one()
-            row = session.get_one(ModelVersionRow, new_id)
-            parent_number = None if parent is None else parent.version
-            details = {
-                "model": model,
-                "version": row.version,
-                "artifact": digest,
-                "parent_version": parent_number,
-            }
-            self._audit(session, created_by, "create", "model_version", row.id, details)
-            return ModelVersion.from_row(row, model, parent_number)
+            version = self._insert_version(
+                session,
+                model_row,
+                digest=artifact.digest,
+                uri=artifact.uri,
+                size=artifact.size,
+                parent_version=None,
+                training_run=None,
+                metrics=None,
+                container_image=container_image,
+                resources=resources,
+                card=card,
+                created_by=created_by,
+            )
+            if alias is not None:
+                target = self._model_version_row(session, model_row, version.version)
+                self._point_alias(session, model_row, alias, target, created_by)
+            row = self._model_version_row(session, model_row, version.version)
+            return self._model_version_record(session, row)
 
     def get_model_version(self, model: str, version: int | str = LATEST) -> ModelVersion:
         """Return a version of a model by number, alias, or ``"latest"``.
@@ -417,25 +534,36 @@ class ModelRegistryMixin(CatalogBase):
             NotFoundError: No such model or version.
             ConfigError: An unusable alias.
         """
-        _check_alias(alias)
+        check_alias(alias)
         with self.transaction() as session:
             model_row = self._model_row(session, model, lock=True)
             target = self._model_version_row(session, model_row, version)
-            row = session.get(ModelAliasRow, (model_row.id, alias))
-            previous = None
-            if row is not None:
-                if row.version_id == target.id:
-                    return self._model_version_record(session, target)
-                previous = session.scalar(
-                    select(ModelVersionRow.version).where(ModelVersionRow.id == row.version_id)
-                )
-                row.version_id = target.id
-            else:
-                session.add(ModelAliasRow(model_id=model_row.id, alias=alias, version_id=target.id))
-            session.flush()
-            details = {"alias": alias, "version": target.version, "previous": previous}
-            self._audit(session, actor, "set_alias", "model", model_row.id, details)
+            self._point_alias(session, model_row, alias, target, actor)
             return self._model_version_record(session, target)
+
+    def _point_alias(
+        self,
+        session: Session,
+        model_row: ModelRow,
+        alias: str,
+        target: ModelVersionRow,
+        actor: str,
+    ) -> None:
+        """Point an alias at a version in the open transaction (audited when it moves)."""
+        row = session.get(ModelAliasRow, (model_row.id, alias))
+        previous = None
+        if row is not None:
+            if row.version_id == target.id:
+                return
+            previous = session.scalar(
+                select(ModelVersionRow.version).where(ModelVersionRow.id == row.version_id)
+            )
+            row.version_id = target.id
+        else:
+            session.add(ModelAliasRow(model_id=model_row.id, alias=alias, version_id=target.id))
+        session.flush()
+        details = {"alias": alias, "version": target.version, "previous": previous}
+        self._audit(session, actor, "set_alias", "model", model_row.id, details)
 
     def remove_alias(self, model: str, alias: str, *, actor: str = "system") -> None:
         """Remove an alias of a model.

@@ -7,7 +7,7 @@ catalog package.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, NamedTuple
 
@@ -399,6 +399,8 @@ class ModelVersion:
         training_run: Image set, annotation set, config, code version and seed of the training.
         resources: ``{"cpus": float, "gpus": float, "memory_mb": int | None}`` it needs.
         aliases: The aliases pointing at this version.
+        card: Its model card as JSON data (see :mod:`pathray.models.card`); empty for versions
+            registered without one.
     """
 
     id: int
@@ -417,6 +419,7 @@ class ModelVersion:
     aliases: tuple[str, ...]
     created_at: datetime
     created_by: str
+    card: dict[str, Any] = field(default_factory=dict)
 
     @property
     def ref(self) -> str:
@@ -447,6 +450,7 @@ class ModelVersion:
             container_image=row.container_image,
             resources=dict(row.resources),
             aliases=tuple(sorted(aliases)),
+            card=dict(row.card or {}),
             created_at=row.created_at,
             created_by=row.created_by,
         )

@@ -126,14 +126,19 @@ def _arrow_type(dtype: str) -> pa.DataType:
 
 
 def stored_schemas(order: list[tuple[UnitSpec, type[Unit]]]) -> tuple[pa.Schema, pa.Schema]:
-    """Schemas of the stored tile rows and object rows of a pipeline (keys first)."""
+    """Schemas of the stored tile rows and object rows of a pipeline (keys first).
+
+    Scalar columns and vectors (one-dimensional per row, e.g. class probabilities, stored as
+    Arrow lists) are stored; images and masks are not.
+    """
     tiles = {name: _KEY_TYPES[name] for name in (*TILE_KEYS, "tissue_fraction")}
     objects = {name: _KEY_TYPES[name] for name in OBJECT_KEYS}
     for _, cls in order:
         for column in cls.outputs:
-            if column.stored and not column.shape:
+            if column.stored and len(column.shape) <= 1:
                 target = objects if column.granularity == "object" else tiles
-                target.setdefault(column.name, _arrow_type(column.dtype))
+                kind = _arrow_type(column.dtype)
+                target.setdefault(column.name, pa.list_(kind) if column.shape else kind)
     return pa.schema(list(tiles.items())), pa.schema(list(objects.items()))
 
 

@@ -207,7 +207,8 @@ def _table(batch: Batch, schema: pa.Schema) -> pa.Table:
     arrays = []
     for field_ in schema:
         values = np.asarray(batch[field_.name])
-        if values.dtype == object or values.dtype.kind == "U":
+        if values.dtype == object or values.dtype.kind == "U" or values.ndim > 1:
+            # strings, bytes and per-row vectors (Arrow lists) go row by row
             arrays.append(pa.array(list(values), field_.type))
         else:
             arrays.append(pa.array(values, field_.type))

@@ -10,7 +10,9 @@ outputs column by column. It also checks the declared output columns and dtypes,
 unit's config round-trips through JSON (and validates against its JSON Schema).
 
 A newly registered unit joins the suite automatically and fails it unless it conforms; a new
-trainable unit needs an entry in ``TINY_CONFIGS``.
+trainable unit needs an entry in ``TINY_CONFIGS``, and a unit that runs a registered model
+(``needs_model``) an entry in ``MODEL_SOURCES``: the model is registered in a catalog of its own
+and the unit gets the stored version's folder, as in a run.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import pytest
 import ray
 
 from pathray.engine.stages import MARKER, UnitStage
+from pathray.results.artifacts import ArtifactStore
 from pathray.units.base import PARENT_INDEX, TILE_KEYS, Batch, Column, Unit
 from pathray.units.registry import available, get_unit, producers, unit_path
 from pathray.units.trainable import TrainableUnit
@@ -44,6 +47,31 @@ PREFERRED = {"tissue": "tissue_mask", "nucleus_labels": "nucleus_segmentation"}
 #: Columns every batch starts with.
 BASE_COLUMNS = frozenset({*TILE_KEYS, "image"})
 UNITS = sorted(available())
+
+
+def _tile_classifier_source(folder: Path) -> Path:
+    """A tiny WSInfer-style tile classifier: 64 px at 0.5 um/px resized to 32 (1 um/px)."""
+    from pathray.models.examples import write_wsinfer_folder
+
+    return write_wsinfer_folder(folder, patch=64, size=32, spacing=0.5)
+
+
+#: Units that run a registered model -> a builder of the source folder to register.
+MODEL_SOURCES = {"tile_classifier": _tile_classifier_source}
+
+
+def _registered_model(name: str, folder: Path) -> dict[str, str]:
+    """Register the unit's example model in a catalog of its own; the version's folder."""
+    from pathray.catalog import Catalog
+    from pathray.services.models import register_model
+
+    if name not in MODEL_SOURCES:
+        pytest.fail(f"unit {name!r} needs a model: add an entry to MODEL_SOURCES")
+    source = MODEL_SOURCES[name](folder / "source")
+    with Catalog.open(f"sqlite:///{folder / 'catalog.db'}") as catalog:
+        version = register_model(catalog, folder / "cold", name, source)
+        get_unit(name).check_model(version)
+    return {"model": str(ArtifactStore(folder / "cold").unpack(version.artifact_digest))}
 
 
 def _tiles() -> Batch:
@@ -133,6 +161,9 @@ class Inputs:
                     pytest.fail(f"trainable unit {name!r} needs an entry in TINY_CONFIGS")
                 config, artifacts = example_model(name, self.folder / name)
                 self._configs[name] = (dict(config), dict(artifacts))
+            elif cls.needs_model:
+                config = cls.validate_config({}).model_dump(mode="json")
+                self._configs[name] = (config, _registered_model(name, self.folder / name))
             else:
                 self._configs[name] = (cls.validate_config({}).model_dump(mode="json"), {})
         return self._configs[name]

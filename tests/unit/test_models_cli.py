@@ -91,3 +91,30 @@ def test_format_metrics() -> None:
     assert format_metrics({}) == "-"
     assert format_metrics({"b": 1, "a": 0.123456}) == "a=0.1235, b=1"
     assert format_metrics({k: 1 for k in "abcdef"}, limit=2) == "a=1, b=1, +4"
+
+
+def test_register_a_wsinfer_folder_and_show_its_card(home: Path, tmp_path: Path) -> None:
+    from pathray.models.examples import write_wsinfer_folder
+
+    folder = write_wsinfer_folder(tmp_path / "wsinfer")
+    out = ok("register", "tils", str(folder), "--alias", "candidate")
+    assert "registered tils@1 (candidate): torchscript tile_classification" in out
+    out = ok("show", "tils")
+    assert "card of tils@1" in out and '"spacing' not in out and '"mpp": 1.0' in out
+    out = ok("show", "tils", "-v", "candidate")
+    assert '"class_names"' in out and '"benign"' in out and "lineage: tils@1" in out
+
+
+def test_register_refuses_a_pickle_in_one_line(home: Path, tmp_path: Path) -> None:
+    import pickle
+
+    model = tmp_path / "model.joblib"
+    model.write_bytes(pickle.dumps([1, 2]))
+    card = tmp_path / "card.yaml"
+    card.write_text("task: tile_classification\n")
+    out = fails("register", "m", str(model), "--card", str(card))
+    assert "refuses pickles" in out and "ONNX (.onnx)" in out
+    assert "does not exist" in fails("register", "m", str(tmp_path / "nope.onnx"))
+    assert "needs its card" in fails("register", "m", str(model))
+    with Catalog.open(Settings.from_env().catalog_url) as cat:
+        assert [m.name for m in cat.list_models()] == ["nuclei-rf"]
