@@ -36,7 +36,7 @@ def build_blocks(catalog: Catalog, store: ColdStore) -> gr.Blocks:
         return [(f"{s.name} (#{s.id})", s.id) for s in catalog.list_slides(image_set=image_set)]
 
     def set_names() -> list[str]:
-        return [s.name for s in catalog.list_image_sets()]
+        return [s.name for s in views.image_sets(catalog)]
 
     def run_ids() -> list[str]:
         return [row[0] for row in views.runs_table(catalog)]
@@ -55,6 +55,7 @@ def build_blocks(catalog: Catalog, store: ColdStore) -> gr.Blocks:
                         headers=["image set", "slides", "protection", "description"],
                         label="Image sets",
                         interactive=False,
+                        elem_id="pr-sets",
                     )
                 browse_set = gr.Dropdown(label="Image set", choices=[], elem_id="pr-browse-set")
                 cards = gr.HTML(js_on_load=None, elem_id="pr-cards")
@@ -77,7 +78,9 @@ def build_blocks(catalog: Catalog, store: ColdStore) -> gr.Blocks:
                 with gr.Row():
                     correct_slide = gr.Dropdown(label="Slide to correct", choices=[])
                     correct_btn = gr.Button("Open the run's results for correction")
-                    cancel_btn = gr.Button("Cancel run", variant="stop")
+                    cancel_btn = gr.Button(
+                        "Cancel run", variant="stop", interactive=False, elem_id="pr-cancel"
+                    )
                 correct_out = gr.HTML(js_on_load=None)
                 loops = gr.Markdown(elem_id="pr-loops")
                 iterations = gr.Dataframe(
@@ -102,7 +105,9 @@ def build_blocks(catalog: Catalog, store: ColdStore) -> gr.Blocks:
                         value="f1 >= 0.8",
                         placeholder="dice >= 0.85 and f1 >= 0.80",
                     )
-                    reference = gr.Dropdown(label="Reference annotation set", choices=[])
+                    reference = gr.Dropdown(
+                        label="Reference annotation set", choices=[], elem_id="pr-reference"
+                    )
                     iterate_btn = gr.Button("Start iteration")
                 started = gr.Markdown(elem_id="pr-started")
             with gr.Tab("Compare", id="compare"):
@@ -110,7 +115,7 @@ def build_blocks(catalog: Catalog, store: ColdStore) -> gr.Blocks:
                     cmp_set = gr.Dropdown(label="Image set", choices=[])
                     metric = gr.Dropdown(list(views.METRICS), value="f1", label="Metric")
                 evals = gr.Dataframe(headers=EVAL_HEADERS, label="Metrics per run and slide")
-                plot = gr.Plot(label="Metric against iteration")
+                plot = gr.Plot(label="Metric against iteration", elem_id="pr-plot")
                 with gr.Row():
                     run_a = gr.Dropdown(label="Version A (run)", choices=[])
                     run_b = gr.Dropdown(label="Version B (run)", choices=[])
@@ -169,23 +174,31 @@ def build_blocks(catalog: Catalog, store: ColdStore) -> gr.Blocks:
         browse_set.change(lambda s: views.slide_cards(catalog, s), browse_set, cards)
         view_slide.change(lambda s: views.viewer_frame(s), view_slide, frame)
 
+        def cancellable(run_id: str | None) -> Any:
+            # Only a pending or running run can be cancelled: the button says so by itself.
+            return gr.update(interactive=bool(run_id) and not catalog.get_run(run_id).finished)
+
         def show_run(run_id: str | None) -> tuple[Any, ...]:
             if not run_id:
-                return "", [], [], gr.update(choices=[])
+                return "", [], [], gr.update(choices=[]), cancellable(None)
             line, per_unit, evs = views.run_progress(catalog, run_id)
             run = catalog.get_run(run_id)
-            return line, per_unit, evs, gr.update(choices=slide_choices(run.image_set))
+            slides = gr.update(choices=slide_choices(run.image_set))
+            return line, per_unit, evs, slides, cancellable(run_id)
 
-        run_pick.change(show_run, run_pick, [run_line, unit_progress, events, correct_slide])
+        run_pick.change(
+            show_run, run_pick, [run_line, unit_progress, events, correct_slide, cancel_btn]
+        )
 
         def tick(run_id: str | None, live: bool) -> tuple[Any, ...]:
             if not live:
-                return (gr.skip(),) * 6
+                return (gr.skip(),) * 7
             line, per_unit, evs = views.run_progress(catalog, run_id) if run_id else ("", [], [])
             runs_now, loops_now = views.runs_table(catalog), loops_markdown()
-            return line, per_unit, evs, runs_now, loops_now, views.iterations_table(catalog)
+            its = views.iterations_table(catalog)
+            return line, per_unit, evs, runs_now, loops_now, its, cancellable(run_id)
 
-        outputs = [run_line, unit_progress, events, runs, loops, iterations]
+        outputs = [run_line, unit_progress, events, runs, loops, iterations, cancel_btn]
         timer.tick(tick, [run_pick, watch], outputs)
 
         def open_correction(run_id: str | None, slide_id: int | None, request: gr.Request) -> str:
@@ -199,13 +212,16 @@ def build_blocks(catalog: Catalog, store: ColdStore) -> gr.Blocks:
 
         correct_btn.click(open_correction, [run_pick, correct_slide], correct_out)
 
-        def cancel(run_id: str | None, request: gr.Request) -> str:
+        def cancel(run_id: str | None, request: gr.Request) -> tuple[str, Any]:
             if not run_id:
-                return "Choose a run."
-            run = catalog.request_cancel(run_id, actor=_user(request))
-            return f"Cancel requested for {run.id} (status {run.status})."
+                return "Choose a run.", cancellable(None)
+            try:
+                run = catalog.request_cancel(run_id, actor=_user(request))
+            except PathRayError as exc:  # finished meanwhile: say so, no traceback
+                return f"**Not cancelled:** {exc}", cancellable(run_id)
+            return f"Cancel requested for {run.id} (status {run.status}).", cancellable(run_id)
 
-        cancel_btn.click(cancel, run_pick, run_line)
+        cancel_btn.click(cancel, run_pick, [run_line, cancel_btn])
 
         def choose(chosen: list[str]) -> tuple[Any, ...]:
             listing, graph = views.selection_state(chosen)

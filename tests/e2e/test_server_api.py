@@ -169,3 +169,39 @@ def test_styles_layers_and_model_selection() -> None:
 def test_slide_cards_mark_protected_sets(served: dict[str, Any], tmp_path: Path) -> None:
     html = slide_cards(served["catalog"], "locked")
     assert "protected" in html and f"/api/slides/{served['slides']['locked']}/thumbnail.jpg" in html
+
+
+def test_wrong_slides_and_missing_packages_get_pages(
+    served: dict[str, Any], client: TestClient, tmp_path: Path
+) -> None:
+    html_only = {"accept": "text/html"}
+    missing = client.get("/viewer?slide=999", headers=html_only)
+    assert missing.status_code == 404 and "No slide 999. Open a slide from Browse." in missing.text
+    bad = client.get("/viewer?slide=abc", headers=html_only)
+    assert bad.status_code == 400 and "Got &#x27;abc&#x27; instead" in bad.text
+    assert "detail" not in bad.text
+    by_name = client.get("/viewer?slide=demo-slide.tif", headers=html_only)
+    assert by_name.status_code == 200 and "openseadragon.min.js" in by_name.text
+    bare = create_app(
+        served["catalog"], ColdStore(tmp_path / "cold"), with_gradio=False, node_modules=tmp_path
+    )
+    with TestClient(bare) as other:
+        other.post("/login", data={"username": "cara", "password": PASSWORD})
+        page = other.get(f"/viewer?slide={served['slides']['demo']}", headers=html_only)
+        assert page.status_code == 503 and "scripts/setup.sh ui" in page.text
+        assert "openseadragon.min.js" not in page.text
+        js = other.get("/vendor/openseadragon.min.js")
+        assert js.status_code == 503 and "scripts/setup.sh ui" in js.json()["detail"]
+
+
+def test_sign_in_never_returns_to_sign_out(served: dict[str, Any]) -> None:
+    anon = TestClient(served["client"].app)
+    out = anon.get("/logout", headers={"accept": "text/html"}, follow_redirects=False)
+    assert out.status_code == 303 and out.headers["location"] == "/login"
+    for target in ("/logout", "/logout?x=1", "/login", "/login/"):
+        ok = anon.post(
+            "/login",
+            data={"username": "cara", "password": PASSWORD, "next": target},
+            follow_redirects=False,
+        )
+        assert ok.headers["location"] == "/app/", target
