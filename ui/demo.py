@@ -3,7 +3,7 @@
 :func:`prepare_demo` writes synthetic slides, registers two in an image set ``demo`` (with a
 reference annotation set ``demo-gt`` from the slides' ground truth: enough to iterate on) and
 one in a protected image set ``locked`` (with a read-only set ``locked-gt``), makes an empty
-set ``demo-notes`` to draw into, and
+set ``demo-notes`` (the first clinician's) to draw into, and
 creates users with passwords.
 
 Example:
@@ -74,6 +74,10 @@ def prepare_demo(
         import_records(catalog, records, annotation_set=f"{set_name}-gt", slide_id=slide.id)
         ids[name] = slide.id
     catalog.protect("locked")
-    # An empty set of the user's own to draw into.
-    catalog.create_annotation_set("demo-notes", image_set="demo", labels=list(LABELS))
+    # An empty set to draw into, owned by the demo's first clinician (a reference set may be
+    # changed by its owner, an engineer or an admin: pathray.catalog.access).
+    annotator = next((n for n, (role, _) in users.items() if role == "clinician"), "system")
+    catalog.create_annotation_set(
+        "demo-notes", image_set="demo", labels=list(LABELS), actor=annotator
+    )
     return ids

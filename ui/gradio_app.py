@@ -38,6 +38,13 @@ def build_blocks(catalog: Catalog, store: ColdStore) -> gr.Blocks:
     def set_names() -> list[str]:
         return [s.name for s in views.image_sets(catalog)]
 
+    def staff(request: gr.Request | None) -> bool:
+        """Whether the signed-in user is an engineer or an admin."""
+        try:
+            return catalog.get_user(_user(request)).role in ("engineer", "admin")
+        except PathRayError:
+            return False
+
     def run_ids() -> list[str]:
         return [row[0] for row in views.runs_table(catalog)]
 
@@ -120,7 +127,8 @@ def build_blocks(catalog: Catalog, store: ColdStore) -> gr.Blocks:
                     run_a = gr.Dropdown(label="Version A (run)", choices=[])
                     run_b = gr.Dropdown(label="Version B (run)", choices=[])
                 pair = gr.Dataframe(headers=["metric", "A", "B", "B - A"], label="Side by side")
-            with gr.Tab("Service", id="service"):
+            # Shown on load to engineers and admins only (the settings of the serving side).
+            with gr.Tab("Service", id="service", visible=False) as service_tab:
                 service_md = gr.Markdown(elem_id="pr-service")
                 service_btn = gr.Button("Refresh", size="sm")
         timer = gr.Timer(2.0)
@@ -287,9 +295,11 @@ def build_blocks(catalog: Catalog, store: ColdStore) -> gr.Blocks:
         run_a.change(lambda a, b: views.side_by_side(catalog, a, b), [run_a, run_b], pair)
         run_b.change(lambda a, b: views.side_by_side(catalog, a, b), [run_a, run_b], pair)
 
-        def service_state() -> str:
-            return service_markdown(*service_settings())
+        def service_state(request: gr.Request) -> tuple[Any, str]:
+            if not staff(request):  # neither the tab nor what it would show
+                return gr.update(visible=False), ""
+            return gr.update(visible=True), service_markdown(*service_settings())
 
-        demo.load(service_state, None, service_md)
-        service_btn.click(service_state, None, service_md)
+        demo.load(service_state, None, [service_tab, service_md])
+        service_btn.click(service_state, None, [service_tab, service_md])
     return demo

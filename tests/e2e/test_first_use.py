@@ -168,3 +168,16 @@ def test_cancel_is_disabled_for_a_finished_run(page: Any, finished_run: str) -> 
     status.get_by_text("Not cancelled").wait_for()
     assert "must be pending or running to be cancelled" in (status.text_content() or "")
     assert page.locator(".toast-body.error").count() == 0
+
+
+def test_service_tab_is_for_engineers_only(browser: Any, page: Any, app_url: str) -> None:
+    page.goto(f"{app_url}/app/")
+    page.get_by_text("Signed in as").wait_for()
+    page.get_by_role("tab", name="Compare").wait_for()
+    page.wait_for_timeout(1000)  # the load events have run
+    assert page.get_by_role("tab", name="Service").count() == 0
+    engineer = _fresh_page(browser)
+    engineer.goto(f"{app_url}/login")
+    sign_in(engineer, app_url, "erin")
+    engineer.get_by_role("tab", name="Service").wait_for()
+    engineer.close()

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import shapely
 from fastapi.testclient import TestClient
 
 from pathray.catalog import Catalog
@@ -205,3 +206,28 @@ def test_sign_in_never_returns_to_sign_out(served: dict[str, Any]) -> None:
             follow_redirects=False,
         )
         assert ok.headers["location"] == "/app/", target
+
+
+def test_a_clinician_cannot_delete_what_others_drew(
+    client: TestClient, served: dict[str, Any]
+) -> None:
+    catalog, slide = served["catalog"], served["slides"]["demo"]
+    catalog.add_user("erin", "engineer")
+    catalog.add_annotations("demo-notes", slide, [(shapely.box(5, 5, 9, 9), "tumor", None)], "erin")
+    erins = max(a.id for a in catalog.query_annotations("demo-notes", slide) if a.author == "erin")
+    refused = client.delete(f"/api/annotations/{erins}")
+    assert refused.status_code == 403
+    assert "can be deleted by its author or an admin" in refused.json()["detail"]
+    assert catalog.get_annotation(erins).author == "erin"
+    reference = catalog.query_annotations("demo-gt", slide)[0].id  # nobody's: the demo's
+    refused = client.delete(f"/api/annotations/{reference}")
+    assert refused.status_code == 403 and "owner, an engineer or an admin" in refused.text
+    added = client.post(
+        "/api/annotations",
+        json={
+            "annotation_set": "demo-gt",
+            "slide_id": slide,
+            "geometry": {"type": "Point", "coordinates": [3, 3]},
+        },
+    )
+    assert added.status_code == 403
