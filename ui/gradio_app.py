@@ -184,7 +184,9 @@ def build_blocks(catalog: Catalog, store: ColdStore) -> gr.Blocks:
 
         def cancellable(run_id: str | None) -> Any:
             # Only a pending or running run can be cancelled: the button says so by itself.
-            return gr.update(interactive=bool(run_id) and not catalog.get_run(run_id).finished)
+            if not run_id:
+                return gr.update(interactive=False)
+            return gr.update(interactive=not catalog.get_run(run_id).finished)
 
         def show_run(run_id: str | None) -> tuple[Any, ...]:
             if not run_id:
