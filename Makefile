@@ -7,15 +7,19 @@ export PATHRAY_VENV := $(VENV)
 export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 PY := $(VENV)/bin/python
 
-.PHONY: setup setup-test demo test lint bench
+.PHONY: setup setup-ui setup-test demo test lint bench
 
 setup:
 	@scripts/setup.sh core >/dev/null
 
+# The demo is opened with `pathray ui`: its slide viewer needs the npm packages too.
+setup-ui:
+	@scripts/setup.sh ui >/dev/null
+
 setup-test:
 	@scripts/setup.sh test >/dev/null
 
-demo: setup
+demo: setup-ui
 	$(VENV)/bin/pathray demo
 
 test: setup-test

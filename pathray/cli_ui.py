@@ -6,6 +6,7 @@ it is imported only when the command runs.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -22,9 +23,16 @@ def ui(
     warm_ray: Annotated[
         bool, typer.Option(help="Start Ray at once, so the first run from the app starts fast.")
     ] = True,
+    node_modules: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="PATHRAY_UI_NODE_MODULES",
+            help="Where the viewer's npm packages are installed (default: ui/node_modules).",
+        ),
+    ] = None,
 ) -> None:
     """Start the clinician app: sign in, browse, view slides, annotate, correct, iterate."""
-    from ui.server import serve  # lazy: the core never imports the app at module import
+    from ui.server import NODE, serve  # lazy: the core never imports the app at module import
 
     settings = Settings.from_env()
     settings.home.mkdir(parents=True, exist_ok=True)
@@ -36,4 +44,5 @@ def ui(
         port=port,
         secure_cookies=secure_cookies,
         start_ray=warm_ray,
+        node_modules=node_modules or NODE,
     )

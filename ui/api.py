@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict
 from starlette.background import BackgroundTask
 
 from pathray.catalog import Catalog
+from pathray.catalog.auth import PermissionDeniedError
 from pathray.catalog.records import Annotation
 from pathray.errors import (
     ConfigError,
@@ -51,6 +52,7 @@ from ui.layers import parse_layer, slide_layers
 
 _STATUS: list[tuple[type[PathRayError], int]] = [
     (ProtectedError, 403),
+    (PermissionDeniedError, 403),
     (NotFoundError, 404),
     (ConflictError, 409),
     (ConfigError, 400),

@@ -1,8 +1,9 @@
 """A small ready-to-open catalog for trying the app and for its browser tests.
 
-:func:`prepare_demo` writes synthetic slides, registers them in an image set ``demo`` (with a
-reference annotation set ``demo-gt`` from the slides' ground truth) and a protected image set
-``locked`` (with a read-only set ``locked-gt``), an empty set ``demo-notes`` to draw into, and
+:func:`prepare_demo` writes synthetic slides, registers two in an image set ``demo`` (with a
+reference annotation set ``demo-gt`` from the slides' ground truth: enough to iterate on) and
+one in a protected image set ``locked`` (with a read-only set ``locked-gt``), makes an empty
+set ``demo-notes`` (the first clinician's) to draw into, and
 creates users with passwords.
 
 Example:
@@ -47,26 +48,36 @@ def prepare_demo(
         side: Edge of the synthetic slides in pixels.
 
     Returns:
-        Slide ids by name: ``{"demo": id, "locked": id}``.
+        Slide ids by name: ``{"demo": id, "demo-2": id, "locked": id}``.
     """
     folder.mkdir(parents=True, exist_ok=True)
     for name, (role, password) in users.items():
         catalog.add_user(name, role)
         catalog.set_password(name, password)
     ids = {}
-    for set_name, seed, protect in (("demo", 1, False), ("locked", 2, True)):
-        # The protected slide only shows read-only behaviour: half the size will do.
-        path = _slide(folder, f"{set_name}-slide", side if not protect else side // 2, seed)
+    # (image set, slide name, seed, edge): the demo set has two annotated slides, so that an
+    # iteration (one slide to learn from, one to judge on) runs on it; the protected slide
+    # only shows read-only behaviour, and the second demo slide only has to be annotated:
+    # half the size will do for both.
+    slides = (
+        ("demo", "demo", 1, side),
+        ("demo", "demo-2", 3, side // 2),
+        ("locked", "locked", 2, side // 2),
+    )
+    for set_name, name, seed, edge in slides:
+        path = _slide(folder, f"{name}-slide", edge, seed)
         register_slides(catalog, path, store="demo", store_root=folder, image_set=set_name)
         slide = catalog.get_slide(path.name)
-        catalog.create_annotation_set(f"{set_name}-gt", image_set=set_name, labels=list(LABELS))
+        if name == set_name:  # the set's first slide makes its sets
+            catalog.create_annotation_set(f"{set_name}-gt", image_set=set_name, labels=list(LABELS))
         records = read_geojson(sidecar_paths(path)[0])
         import_records(catalog, records, annotation_set=f"{set_name}-gt", slide_id=slide.id)
-        if protect:
-            catalog.protect(set_name)
-        else:  # an empty set of the user's own to draw into
-            catalog.create_annotation_set(
-                f"{set_name}-notes", image_set=set_name, labels=list(LABELS)
-            )
-        ids[set_name] = slide.id
+        ids[name] = slide.id
+    catalog.protect("locked")
+    # An empty set to draw into, owned by the demo's first clinician (a reference set may be
+    # changed by its owner, an engineer or an admin: pathray.catalog.access).
+    annotator = next((n for n, (role, _) in users.items() if role == "clinician"), "system")
+    catalog.create_annotation_set(
+        "demo-notes", image_set="demo", labels=list(LABELS), actor=annotator
+    )
     return ids

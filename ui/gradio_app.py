@@ -36,7 +36,14 @@ def build_blocks(catalog: Catalog, store: ColdStore) -> gr.Blocks:
         return [(f"{s.name} (#{s.id})", s.id) for s in catalog.list_slides(image_set=image_set)]
 
     def set_names() -> list[str]:
-        return [s.name for s in catalog.list_image_sets()]
+        return [s.name for s in views.image_sets(catalog)]
+
+    def staff(request: gr.Request | None) -> bool:
+        """Whether the signed-in user is an engineer or an admin."""
+        try:
+            return catalog.get_user(_user(request)).role in ("engineer", "admin")
+        except PathRayError:
+            return False
 
     def run_ids() -> list[str]:
         return [row[0] for row in views.runs_table(catalog)]
@@ -55,6 +62,7 @@ def build_blocks(catalog: Catalog, store: ColdStore) -> gr.Blocks:
                         headers=["image set", "slides", "protection", "description"],
                         label="Image sets",
                         interactive=False,
+                        elem_id="pr-sets",
                     )
                 browse_set = gr.Dropdown(label="Image set", choices=[], elem_id="pr-browse-set")
                 cards = gr.HTML(js_on_load=None, elem_id="pr-cards")
@@ -77,7 +85,9 @@ def build_blocks(catalog: Catalog, store: ColdStore) -> gr.Blocks:
                 with gr.Row():
                     correct_slide = gr.Dropdown(label="Slide to correct", choices=[])
                     correct_btn = gr.Button("Open the run's results for correction")
-                    cancel_btn = gr.Button("Cancel run", variant="stop")
+                    cancel_btn = gr.Button(
+                        "Cancel run", variant="stop", interactive=False, elem_id="pr-cancel"
+                    )
                 correct_out = gr.HTML(js_on_load=None)
                 loops = gr.Markdown(elem_id="pr-loops")
                 iterations = gr.Dataframe(
@@ -108,7 +118,9 @@ def build_blocks(catalog: Catalog, store: ColdStore) -> gr.Blocks:
                         value="f1 >= 0.8",
                         placeholder="dice >= 0.85 and f1 >= 0.80",
                     )
-                    reference = gr.Dropdown(label="Reference annotation set", choices=[])
+                    reference = gr.Dropdown(
+                        label="Reference annotation set", choices=[], elem_id="pr-reference"
+                    )
                     iterate_btn = gr.Button("Start iteration")
                 started = gr.Markdown(elem_id="pr-started")
             with gr.Tab("Compare", id="compare"):
@@ -116,12 +128,13 @@ def build_blocks(catalog: Catalog, store: ColdStore) -> gr.Blocks:
                     cmp_set = gr.Dropdown(label="Image set", choices=[])
                     metric = gr.Dropdown(list(views.METRICS), value="f1", label="Metric")
                 evals = gr.Dataframe(headers=EVAL_HEADERS, label="Metrics per run and slide")
-                plot = gr.Plot(label="Metric against iteration")
+                plot = gr.Plot(label="Metric against iteration", elem_id="pr-plot")
                 with gr.Row():
                     run_a = gr.Dropdown(label="Version A (run)", choices=[])
                     run_b = gr.Dropdown(label="Version B (run)", choices=[])
                 pair = gr.Dataframe(headers=["metric", "A", "B", "B - A"], label="Side by side")
-            with gr.Tab("Service", id="service"):
+            # Shown on load to engineers and admins only (the settings of the serving side).
+            with gr.Tab("Service", id="service", visible=False) as service_tab:
                 service_md = gr.Markdown(elem_id="pr-service")
                 service_btn = gr.Button("Refresh", size="sm")
         timer = gr.Timer(2.0)
@@ -175,23 +188,33 @@ def build_blocks(catalog: Catalog, store: ColdStore) -> gr.Blocks:
         browse_set.change(lambda s: views.slide_cards(catalog, s), browse_set, cards)
         view_slide.change(lambda s: views.viewer_frame(s), view_slide, frame)
 
+        def cancellable(run_id: str | None) -> Any:
+            # Only a pending or running run can be cancelled: the button says so by itself.
+            if not run_id:
+                return gr.update(interactive=False)
+            return gr.update(interactive=not catalog.get_run(run_id).finished)
+
         def show_run(run_id: str | None) -> tuple[Any, ...]:
             if not run_id:
-                return "", [], [], gr.update(choices=[])
+                return "", [], [], gr.update(choices=[]), cancellable(None)
             line, per_unit, evs = views.run_progress(catalog, run_id)
             run = catalog.get_run(run_id)
-            return line, per_unit, evs, gr.update(choices=slide_choices(run.image_set))
+            slides = gr.update(choices=slide_choices(run.image_set))
+            return line, per_unit, evs, slides, cancellable(run_id)
 
-        run_pick.change(show_run, run_pick, [run_line, unit_progress, events, correct_slide])
+        run_pick.change(
+            show_run, run_pick, [run_line, unit_progress, events, correct_slide, cancel_btn]
+        )
 
         def tick(run_id: str | None, live: bool) -> tuple[Any, ...]:
             if not live:
-                return (gr.skip(),) * 6
+                return (gr.skip(),) * 7
             line, per_unit, evs = views.run_progress(catalog, run_id) if run_id else ("", [], [])
             runs_now, loops_now = views.runs_table(catalog), loops_markdown()
-            return line, per_unit, evs, runs_now, loops_now, views.iterations_table(catalog)
+            its = views.iterations_table(catalog)
+            return line, per_unit, evs, runs_now, loops_now, its, cancellable(run_id)
 
-        outputs = [run_line, unit_progress, events, runs, loops, iterations]
+        outputs = [run_line, unit_progress, events, runs, loops, iterations, cancel_btn]
         timer.tick(tick, [run_pick, watch], outputs)
 
         def open_correction(run_id: str | None, slide_id: int | None, request: gr.Request) -> str:
@@ -205,13 +228,16 @@ def build_blocks(catalog: Catalog, store: ColdStore) -> gr.Blocks:
 
         correct_btn.click(open_correction, [run_pick, correct_slide], correct_out)
 
-        def cancel(run_id: str | None, request: gr.Request) -> str:
+        def cancel(run_id: str | None, request: gr.Request) -> tuple[str, Any]:
             if not run_id:
-                return "Choose a run."
-            run = catalog.request_cancel(run_id, actor=_user(request))
-            return f"Cancel requested for {run.id} (status {run.status})."
+                return "Choose a run.", cancellable(None)
+            try:
+                run = catalog.request_cancel(run_id, actor=_user(request))
+            except PathRayError as exc:  # finished meanwhile: say so, no traceback
+                return f"**Not cancelled:** {exc}", cancellable(run_id)
+            return f"Cancel requested for {run.id} (status {run.status}).", cancellable(run_id)
 
-        cancel_btn.click(cancel, run_pick, run_line)
+        cancel_btn.click(cancel, run_pick, [run_line, cancel_btn])
 
         def choose(chosen: list[str], picked: list[str] | None) -> tuple[Any, ...]:
             offered = views.model_choices(catalog, chosen)
@@ -295,9 +321,11 @@ def build_blocks(catalog: Catalog, store: ColdStore) -> gr.Blocks:
         run_a.change(lambda a, b: views.side_by_side(catalog, a, b), [run_a, run_b], pair)
         run_b.change(lambda a, b: views.side_by_side(catalog, a, b), [run_a, run_b], pair)
 
-        def service_state() -> str:
-            return service_markdown(*service_settings())
+        def service_state(request: gr.Request) -> tuple[Any, str]:
+            if not staff(request):  # neither the tab nor what it would show
+                return gr.update(visible=False), ""
+            return gr.update(visible=True), service_markdown(*service_settings())
 
-        demo.load(service_state, None, service_md)
-        service_btn.click(service_state, None, service_md)
+        demo.load(service_state, None, [service_tab, service_md])
+        service_btn.click(service_state, None, [service_tab, service_md])
     return demo

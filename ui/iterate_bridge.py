@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pathray.catalog import Catalog
+from pathray.iterate.data import annotated_slides, split_slides
 from pathray.iterate.loop import IterationEvent, iterate
 from pathray.iterate.requirement import Requirement
 from pathray.pipeline.spec import PipelineSpec
@@ -97,12 +98,15 @@ def start_iteration(
     """Check the request, start the loop on a thread, and say so (Markdown).
 
     Raises:
-        ConfigError: The requirement does not parse.
+        ConfigError: The requirement does not parse, or the image set has fewer than two
+            slides annotated in the reference.
         NotFoundError: The image set or the reference does not exist.
     """
     req = Requirement.parse(requirement)  # a typo fails here, in the page, not in the thread
     catalog.get_image_set(image_set)
-    catalog.get_annotation_set(reference)
+    # The loop's own first step, done here too: a set it cannot split is refused before
+    # anything starts, with the reason, instead of a loop that fails in the background.
+    split_slides(annotated_slides(catalog, image_set, reference))
     label = f"{spec.name} on {image_set} until {req}"
     progress = LoopProgress(label)
     with _LOCK:

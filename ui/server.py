@@ -32,33 +32,94 @@ from fastapi import FastAPI, Form, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 
 from pathray.catalog import Catalog
+from pathray.errors import NotFoundError, PathRayError
 from pathray.results.store import ColdStore
 from ui import session
-from ui.api import build_router, error_response
+from ui.api import build_router
 from ui.layers import slide_layers
 
 UI = Path(__file__).parent
 STATIC = UI / "static"
 NODE = UI / "node_modules"
 COOKIE = "pathray_session"
-#: The npm files the viewer needs, by the name the page asks for (nothing else is served).
-VENDOR: dict[str, Path] = {
-    "openseadragon.min.js": NODE / "openseadragon/build/openseadragon/openseadragon.min.js",
+#: The npm files the viewer needs, by the name the page asks for (nothing else is served):
+#: (npm package, path inside ``node_modules``).
+VENDOR: dict[str, tuple[str, str]] = {
+    "openseadragon.min.js": (
+        "openseadragon",
+        "openseadragon/build/openseadragon/openseadragon.min.js",
+    ),
     "annotorious-openseadragon.js": (
-        NODE / "@annotorious/openseadragon/dist/annotorious-openseadragon.js"
+        "@annotorious/openseadragon",
+        "@annotorious/openseadragon/dist/annotorious-openseadragon.js",
     ),
     "annotorious-openseadragon.css": (
-        NODE / "@annotorious/openseadragon/dist/annotorious-openseadragon.css"
+        "@annotorious/openseadragon",
+        "@annotorious/openseadragon/dist/annotorious-openseadragon.css",
     ),
 }
+#: The command that installs them (also part of ``make demo``).
+VENDOR_SETUP = "scripts/setup.sh ui"
 OWN_STATIC = {"viewer.js", "viewer.css"}
-OPEN_PATHS = {"/login", "/favicon.ico"}
+# /logout is open: signing out without a session just lands on the sign-in page (behind the
+# session check it would become the page to return to after signing in).
+OPEN_PATHS = {"/login", "/logout", "/favicon.ico"}
+#: Pages never returned to after signing in (the sign-in page itself, or signing out again).
+NO_RETURN = ("/login", "/logout")
 
 
 def _login_page(base: str, message: str = "", next_url: str = "/app/") -> str:
     note = f'<p class="err" data-testid="login-error">{html.escape(message)}</p>' if message else ""
     page = (STATIC / "login.html").read_text().replace("__BASE__", html.escape(base))
     return page.replace("__NOTE__", note).replace("__NEXT__", html.escape(next_url))
+
+
+def notice_page(base: str, title: str, body_html: str, status_code: int) -> HTMLResponse:
+    """A page that tells a person what went wrong and where to go (never raw JSON).
+
+    Args:
+        base: The app's mount prefix.
+        title: The headline (plain text).
+        body_html: The explanation, already escaped HTML.
+        status_code: The HTTP status.
+    """
+    page = (STATIC / "notice.html").read_text().replace("__BASE__", html.escape(base))
+    page = page.replace("__TITLE__", html.escape(title)).replace("__BODY__", body_html)
+    return HTMLResponse(page, status_code=status_code)
+
+
+def missing_vendor_packages(node_modules: Path) -> list[str]:
+    """The npm packages the viewer needs that are not installed under ``node_modules``."""
+    missing = {package for package, rel in VENDOR.values() if not (node_modules / rel).is_file()}
+    return sorted(missing)
+
+
+def _missing_vendor_html(packages: list[str], node_modules: Path) -> str:
+    names = ", ".join(f"<code>{html.escape(p)}</code>" for p in packages)
+    return (
+        f'<p data-testid="missing-packages">The slide viewer cannot start: its JavaScript '
+        f"packages {names} are not installed (looked in <code>{html.escape(str(node_modules))}"
+        f"</code>).</p><p>Install them with <code data-testid='setup-command'>{VENDOR_SETUP}"
+        "</code> (<code>make demo</code> runs it too), then reload this page.</p>"
+    )
+
+
+def _slide_param(catalog: Catalog, value: str) -> tuple[Any, str]:
+    """The slide a ``?slide=`` value names (an id or a name), or None and why not.
+
+    Returns:
+        ``(slide, "")`` when found, else ``(None, message)`` for the person who asked.
+    """
+    try:
+        return catalog.get_slide(int(value) if value.isdigit() else value), ""
+    except NotFoundError:
+        if value.isdigit():
+            return None, f"No slide {value}. Open a slide from Browse."
+        return None, (
+            f"slide must be a slide id or name. Got {value!r} instead. Open a slide from Browse."
+        )
+    except PathRayError as exc:  # a name several slides share
+        return None, str(exc)
 
 
 def _base(request: Request) -> str:
@@ -77,8 +138,15 @@ def _app_path(request: Request) -> str:
 
 
 def _safe_next(url: str) -> str:
-    # Only same-site paths: a crafted ?next= must not send a signed-in user elsewhere.
-    return url if url.startswith("/") and not url.startswith("//") else "/app/"
+    """Where to go after signing in: a same-site page, never the sign-in or sign-out page.
+
+    A crafted ``?next=`` must not send a signed-in user elsewhere, and ``/logout`` as the
+    target would sign the user out again at once.
+    """
+    if not url.startswith("/") or url.startswith("//"):
+        return "/app/"
+    path = url.split("?", 1)[0].rstrip("/")
+    return "/app/" if path in NO_RETURN else url
 
 
 def _view_box(text: str) -> list[float] | None:
@@ -98,6 +166,7 @@ def create_app(
     with_gradio: bool = True,
     poll_ms: int = 5000,
     start_ray: bool = False,
+    node_modules: Path = NODE,
 ) -> FastAPI:
     """Build the app.
 
@@ -108,6 +177,7 @@ def create_app(
         with_gradio: Mount the Gradio app at ``/app`` (off for API-only tests).
         poll_ms: How often the viewer looks for new layers (finished runs), in ms.
         start_ray: Start Ray on a background thread now, so the first run starts at once.
+        node_modules: Where the viewer's npm packages are installed (``ui/node_modules``).
 
     Returns:
         The FastAPI application (serve it with uvicorn, or mount it in Ray Serve).
@@ -174,14 +244,13 @@ def create_app(
 
     @app.get("/vendor/{name}")
     def vendor(name: str) -> Response:
-        path = VENDOR.get(name)
-        if path is None:
+        entry = VENDOR.get(name)
+        if entry is None:
             return JSONResponse({"detail": f"No vendor file {name!r}."}, status_code=404)
+        path = node_modules / entry[1]
         if not path.is_file():
-            return JSONResponse(
-                {"detail": "The viewer's npm packages are missing: run scripts/setup.sh test."},
-                status_code=503,
-            )
+            detail = f"The viewer's npm package {entry[0]} is missing: run {VENDOR_SETUP}."
+            return JSONResponse({"detail": detail}, status_code=503)
         return FileResponse(path, headers={"cache-control": "private, max-age=3600"})
 
     @app.get("/static/{name}")
@@ -191,11 +260,17 @@ def create_app(
         return FileResponse(STATIC / name, headers={"cache-control": "no-cache"})
 
     @app.get("/viewer", response_class=HTMLResponse)
-    def viewer_page(request: Request, slide: int, edit: str = "", view: str = "") -> Response:
-        try:
-            record = catalog.get_slide(slide)
-        except Exception as exc:  # a PathRayError becomes its HTTP answer
-            return error_response(exc)
+    def viewer_page(request: Request, slide: str = "", edit: str = "", view: str = "") -> Response:
+        base = _base(request)
+        record, why = _slide_param(catalog, slide.strip())
+        if record is None:
+            body = f'<p data-testid="notice-message">{html.escape(why)}</p>'
+            code = 404 if slide.strip().isdigit() else 400
+            return notice_page(base, "Slide not found", body, code)
+        missing = missing_vendor_packages(node_modules)
+        if missing:  # without OpenSeadragon the page would stay black: say why instead
+            body = _missing_vendor_html(missing, node_modules)
+            return notice_page(base, "The slide viewer is not installed", body, 503)
         user = request.state.user
         config = {
             "slideId": record.id,

@@ -12,9 +12,10 @@ from typing import Any
 import plotly.graph_objects as go
 
 from pathray.catalog import Catalog
-from pathray.catalog.records import Run
+from pathray.catalog.records import ImageSet, Run
 from pathray.errors import PathRayError
 from pathray.evaluate.plots import metric_history
+from pathray.iterate.loop import is_held_out_set
 from pathray.pipeline.bind import fitting_models, parse_bindings
 from pathray.pipeline.infer import infer_pipeline
 from pathray.pipeline.render import render_text
@@ -31,11 +32,16 @@ def stores_table(catalog: Catalog) -> list[list[Any]]:
     return [[s.name, s.root] for s in catalog.list_stores()]
 
 
+def image_sets(catalog: Catalog) -> list[ImageSet]:
+    """The image sets people made (not the training and validation sets of iteration loops)."""
+    return [s for s in catalog.list_image_sets() if not is_held_out_set(s.name)]
+
+
 def image_sets_table(catalog: Catalog) -> list[list[Any]]:
     """Image sets: name, slides, protection (a lock), description."""
     return [
         [s.name, s.slide_count, "🔒 protected" if s.protected else "", s.description]
-        for s in catalog.list_image_sets()
+        for s in image_sets(catalog)
     ]
 
 
@@ -188,6 +194,9 @@ def metric_plot(catalog: Catalog, image_set: str | None, metric: str) -> go.Figu
         if found and isinstance(found[-1].metrics.get(metric), int | float):
             steps.append(found[-1].metrics)
             labels.append(f"{len(labels)}: {run.id[:8]}")
+    if not steps:
+        where = image_set or "any image set"
+        return _no_data_plot(f"No data: no evaluated run on {where} has {metric} yet.")
     plot = metric_history(steps, [metric], labels=labels, title=f"{metric} by iteration")
     fig = go.Figure()
     for series in plot.series:
@@ -195,6 +204,18 @@ def metric_plot(catalog: Catalog, image_set: str | None, metric: str) -> go.Figu
     fig.update_layout(
         title=plot.title, xaxis_title="run (0 = first)", yaxis_title=metric, height=360
     )
+    return fig
+
+
+def _no_data_plot(message: str) -> go.Figure:
+    """An empty plot that says why it is empty (no axes to misread)."""
+    fig = go.Figure()
+    fig.add_annotation(
+        text=message, showarrow=False, font={"size": 16}, x=0.5, y=0.5, xref="paper", yref="paper"
+    )
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False)
+    fig.update_layout(height=200, plot_bgcolor="white")
     return fig
 
 

@@ -15,6 +15,7 @@ from shapely.geometry.base import BaseGeometry
 from sqlalchemy import ColumnElement, and_, func, insert, select
 from sqlalchemy.orm import Session
 
+from pathray.catalog.access import check_annotation_change
 from pathray.catalog.base import CatalogBase, json_safe
 from pathray.catalog.models import (
     ANNOTATION_SET_KINDS,
@@ -144,7 +145,8 @@ class AnnotationsMixin(CatalogBase):
             labels: Allowed labels; empty or None allows any label.
             parent_run_id: Run whose results this set was promoted from (corrections).
             parent_unit: Unit (and version) of that run the results came from.
-            actor: Who asks, for the audit log.
+            actor: Who asks, for the audit log; the set's owner (see
+                :mod:`pathray.catalog.access`).
 
         Returns:
             The new annotation set.
@@ -174,10 +176,11 @@ class AnnotationsMixin(CatalogBase):
                 labels=label_list,
                 parent_run_id=parent_run_id,
                 parent_unit=parent_unit,
+                owner=actor,
             )
             session.add(row)
             session.flush()
-            details = {"name": name, "image_set": image_set, "kind": kind}
+            details = {"name": name, "image_set": image_set, "kind": kind, "owner": actor}
             self._audit(session, actor, "create", "annotation_set", row.id, details)
             return AnnotationSet.from_row(row, image_set)
 
@@ -241,6 +244,8 @@ class AnnotationsMixin(CatalogBase):
         Raises:
             NotFoundError: The set or slide does not exist.
             ProtectedError: The set belongs to a protected image set.
+            PermissionDeniedError: The actor may not change the set
+                (:mod:`pathray.catalog.access`).
             ConflictError: The slide is not in the set's image set.
             ConfigError: An empty geometry, a label outside the set's labels, a bad source.
         """
@@ -248,6 +253,7 @@ class AnnotationsMixin(CatalogBase):
         with self.transaction() as session:
             set_row = self._annotation_set_row(session, set_name)
             self._refuse_if_annotations_frozen(session, set_row)
+            check_annotation_change(session, actor or author, set_row)
             self._slide_row(session, slide_id)
             self._check_slide_in_set(session, set_row, slide_id)
             now = utcnow()
@@ -307,12 +313,14 @@ class AnnotationsMixin(CatalogBase):
         Raises:
             NotFoundError: No such annotation.
             ProtectedError: Its set belongs to a protected image set.
+            PermissionDeniedError: The actor may not edit it (:mod:`pathray.catalog.access`).
             ConfigError: An empty geometry or a label outside the set's labels.
         """
         with self.transaction() as session:
             row = self._annotation_row(session, annotation_id)
             set_row = session.get_one(AnnotationSetRow, row.annotation_set_id)
             self._refuse_if_annotations_frozen(session, set_row)
+            check_annotation_change(session, actor, set_row, row.author, "update")
             changed: list[str] = []
             if geometry is not None:
                 for key, value in _geometry_columns(geometry).items():
@@ -337,16 +345,18 @@ class AnnotationsMixin(CatalogBase):
             return Annotation.from_row(row)
 
     def delete_annotation(self, annotation_id: int, *, actor: str = "system") -> None:
-        """Delete one annotation.
+        """Delete one annotation (its id is never handed out again).
 
         Raises:
             NotFoundError: No such annotation.
             ProtectedError: Its set belongs to a protected image set.
+            PermissionDeniedError: The actor may not delete it (:mod:`pathray.catalog.access`).
         """
         with self.transaction() as session:
             row = self._annotation_row(session, annotation_id)
             set_row = session.get_one(AnnotationSetRow, row.annotation_set_id)
             self._refuse_if_annotations_frozen(session, set_row)
+            check_annotation_change(session, actor, set_row, row.author, "delete")
             details = {
                 "annotation_set": set_row.name,
                 "slide_id": row.slide_id,

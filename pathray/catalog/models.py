@@ -209,6 +209,8 @@ class AnnotationSetRow(Base):
     parent_run_id: Mapped[str | None] = mapped_column(ForeignKey("runs.id"))
     parent_unit: Mapped[str | None] = mapped_column(String(256))
     labels: Mapped[list[Any]] = mapped_column(JSONType, nullable=False)
+    # Who made the set (0007): a reference set's owner may edit it like an engineer.
+    owner: Mapped[str | None] = mapped_column(String(128))
     created_at: Mapped[datetime] = _created_at()
 
 
@@ -227,6 +229,9 @@ class AnnotationRow(Base):
             "min_y",
             "max_y",
         ),
+        # A deleted annotation's id is never handed out again (0007): the audit log names
+        # annotations by id. PostgreSQL sequences never reuse ids; SQLite needs AUTOINCREMENT.
+        {"sqlite_autoincrement": True},
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

@@ -163,6 +163,7 @@ class AnnotationSet:
     parent_run_id: str | None
     parent_unit: str | None
     created_at: datetime
+    owner: str | None = None
 
     @classmethod
     def from_row(cls, row: AnnotationSetRow, image_set: str | None) -> AnnotationSet:
@@ -177,6 +178,7 @@ class AnnotationSet:
             parent_run_id=row.parent_run_id,
             parent_unit=row.parent_unit,
             created_at=row.created_at,
+            owner=row.owner,
         )
 
 

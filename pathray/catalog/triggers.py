@@ -301,3 +301,22 @@ def downgrade_0001(dialect: str) -> list[str]:
     if dialect == "postgresql":
         return _postgresql_downgrade_0001()
     raise NotImplementedError(f"The catalog supports SQLite and PostgreSQL. Got {dialect} instead.")
+
+
+def sqlite_triggers_on_0001(table: str) -> list[str]:
+    """The SQLite triggers of ``0001`` on one table, to put back after a migration rebuilds it.
+
+    SQLite drops a table's triggers with the table, and Alembic's batch mode rebuilds a table
+    (copy, drop, rename) for changes SQLite's ALTER TABLE cannot make.
+    """
+    # IF NOT EXISTS: whether a given ALTER rebuilt the table depends on the SQLite version.
+    return [
+        s.replace("CREATE TRIGGER ", "CREATE TRIGGER IF NOT EXISTS ", 1)
+        for s in _sqlite_upgrade_0001()
+        if f" ON {table} " in s
+    ]
+
+
+def sqlite_trigger_names_0001(table: str) -> list[str]:
+    """Names of the SQLite triggers of ``0001`` on one table (to drop before a rebuild)."""
+    return [s.split()[2] for s in _sqlite_upgrade_0001() if f" ON {table} " in s]

@@ -18,6 +18,7 @@ Example:
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -183,6 +184,17 @@ def _model_of(catalog: Catalog, node: UnitSpec) -> ModelVersion | None:
 def held_out_sets(loop_id: str) -> tuple[str, str]:
     """Names of a loop's training and validation image sets."""
     return f"iterate-{loop_id[:12]}-training", f"iterate-{loop_id[:12]}-validation"
+
+
+_HELD_OUT = re.compile(r"iterate-[0-9a-f]{1,12}-(training|validation)")
+
+
+def is_held_out_set(name: str) -> bool:
+    """Whether an image set is a loop's own training or validation set (:func:`held_out_sets`).
+
+    People browse and run on the image sets they made; these are the loop's bookkeeping.
+    """
+    return _HELD_OUT.fullmatch(name) is not None
 
 
 def _make_sets(catalog: Catalog, loop_id: str, split: Split, actor: str) -> tuple[str, str]:

@@ -5,7 +5,7 @@ Fixtures (module scope, shared by the tests of a module, which run in order):
 
     e2e_home    a PathRay home with the demo catalog (ui.demo): image sets ``demo`` and
                 ``locked`` (protected), users alice (clinician) and erin (engineer)
-    app_url     the base URL of ``pathray ui`` serving that home
+    app_url     the base URL of ``pathray ui`` serving that home (:func:`running_app`)
     browser     a headless Chromium
     page        a page signed in as alice
 
@@ -14,6 +14,7 @@ Helpers and screenshots: :mod:`tests.e2e.browser`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -50,43 +51,58 @@ def e2e_home(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return {"home": home, "url": settings.catalog_url, "slides": ids, "cold": settings.cold_root}
 
 
-@pytest.fixture(scope="module")
-def app_url(e2e_home: dict[str, Any]) -> Iterator[str]:
+@contextlib.contextmanager
+def running_app(
+    home: Path, *args: str, env: dict[str, str] | None = None, log_name: str = "server.log"
+) -> Iterator[str]:
+    """Run ``pathray ui`` on a free port over a PathRay home; yield its base URL.
+
+    Args:
+        home: The PathRay home (its catalog and cold store).
+        *args: More ``pathray ui`` options (``--no-warm-ray`` where no test starts a run).
+        env: More environment variables.
+        log_name: The server's log file, in ``home``.
+    """
     if not (REPO / "ui/node_modules/openseadragon").is_dir():
         pytest.fail("The viewer's npm packages are missing: run scripts/setup.sh test")
     port = _free_port()
-    env = dict(os.environ, PATHRAY_HOME=str(e2e_home["home"]), PYTHONPATH=str(REPO))
-    env.pop("PATHRAY_CATALOG_URL", None)
-    log = open(e2e_home["home"] / "server.log", "w")  # noqa: SIM115 (closed below)
+    environ = dict(os.environ, PATHRAY_HOME=str(home), PYTHONPATH=str(REPO), **(env or {}))
+    environ.pop("PATHRAY_CATALOG_URL", None)
+    log_path = home / log_name
+    log = open(log_path, "w")  # noqa: SIM115 (closed below)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pathray", "ui", "--port", str(port)],
+        [sys.executable, "-m", "pathray", "ui", "--port", str(port), *args],
         cwd=REPO,
-        env=env,
+        env=environ,
         stdout=log,
         stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 420  # minutes on a busy 2-core machine
-    while True:
-        try:
-            if httpx.get(f"{url}/login", timeout=30).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            log.close()
-            pytest.fail(
-                "pathray ui did not start:\n" + (e2e_home["home"] / "server.log").read_text()
-            )
-        time.sleep(0.5)
-    yield url
-    proc.terminate()
     try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+        while True:
+            try:
+                if httpx.get(f"{url}/login", timeout=30).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail("pathray ui did not start:\n" + log_path.read_text())
+            time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def app_url(e2e_home: dict[str, Any]) -> Iterator[str]:
+    with running_app(e2e_home["home"]) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import shapely
 from fastapi.testclient import TestClient
 
 from pathray.catalog import Catalog
@@ -169,3 +170,64 @@ def test_styles_layers_and_model_selection() -> None:
 def test_slide_cards_mark_protected_sets(served: dict[str, Any], tmp_path: Path) -> None:
     html = slide_cards(served["catalog"], "locked")
     assert "protected" in html and f"/api/slides/{served['slides']['locked']}/thumbnail.jpg" in html
+
+
+def test_wrong_slides_and_missing_packages_get_pages(
+    served: dict[str, Any], client: TestClient, tmp_path: Path
+) -> None:
+    html_only = {"accept": "text/html"}
+    missing = client.get("/viewer?slide=999", headers=html_only)
+    assert missing.status_code == 404 and "No slide 999. Open a slide from Browse." in missing.text
+    bad = client.get("/viewer?slide=abc", headers=html_only)
+    assert bad.status_code == 400 and "Got &#x27;abc&#x27; instead" in bad.text
+    assert "detail" not in bad.text
+    by_name = client.get("/viewer?slide=demo-slide.tif", headers=html_only)
+    assert by_name.status_code == 200 and "openseadragon.min.js" in by_name.text
+    bare = create_app(
+        served["catalog"], ColdStore(tmp_path / "cold"), with_gradio=False, node_modules=tmp_path
+    )
+    with TestClient(bare) as other:
+        other.post("/login", data={"username": "cara", "password": PASSWORD})
+        page = other.get(f"/viewer?slide={served['slides']['demo']}", headers=html_only)
+        assert page.status_code == 503 and "scripts/setup.sh ui" in page.text
+        assert "openseadragon.min.js" not in page.text
+        js = other.get("/vendor/openseadragon.min.js")
+        assert js.status_code == 503 and "scripts/setup.sh ui" in js.json()["detail"]
+
+
+def test_sign_in_never_returns_to_sign_out(served: dict[str, Any]) -> None:
+    anon = TestClient(served["client"].app)
+    out = anon.get("/logout", headers={"accept": "text/html"}, follow_redirects=False)
+    assert out.status_code == 303 and out.headers["location"] == "/login"
+    for target in ("/logout", "/logout?x=1", "/login", "/login/"):
+        ok = anon.post(
+            "/login",
+            data={"username": "cara", "password": PASSWORD, "next": target},
+            follow_redirects=False,
+        )
+        assert ok.headers["location"] == "/app/", target
+
+
+def test_a_clinician_cannot_delete_what_others_drew(
+    client: TestClient, served: dict[str, Any]
+) -> None:
+    catalog, slide = served["catalog"], served["slides"]["demo"]
+    catalog.add_user("erin", "engineer")
+    catalog.add_annotations("demo-notes", slide, [(shapely.box(5, 5, 9, 9), "tumor", None)], "erin")
+    erins = max(a.id for a in catalog.query_annotations("demo-notes", slide) if a.author == "erin")
+    refused = client.delete(f"/api/annotations/{erins}")
+    assert refused.status_code == 403
+    assert "can be deleted by its author or an admin" in refused.json()["detail"]
+    assert catalog.get_annotation(erins).author == "erin"
+    reference = catalog.query_annotations("demo-gt", slide)[0].id  # nobody's: the demo's
+    refused = client.delete(f"/api/annotations/{reference}")
+    assert refused.status_code == 403 and "owner, an engineer or an admin" in refused.text
+    added = client.post(
+        "/api/annotations",
+        json={
+            "annotation_set": "demo-gt",
+            "slide_id": slide,
+            "geometry": {"type": "Point", "coordinates": [3, 3]},
+        },
+    )
+    assert added.status_code == 403
