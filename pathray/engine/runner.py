@@ -35,7 +35,7 @@ from pathray.errors import ConfigError
 from pathray.pipeline.spec import PipelineSpec, UnitSpec
 from pathray.results.store import ColdStore
 from pathray.slides.source import tile_dataset
-from pathray.units.base import OBJECT_KEYS, TILE_KEYS, Unit
+from pathray.units.base import OBJECT_KEYS, TILE_KEYS, Column, Unit
 from pathray.units.registry import unit_path
 
 log = logging.getLogger(__name__)
@@ -109,15 +109,32 @@ def _arrow_type(dtype: str) -> pa.DataType:
     return pa.from_numpy_dtype(np.dtype(dtype))
 
 
+def _stored_type(column: Column) -> pa.DataType | None:
+    """Arrow type a stored column is written as, or None for a column that is not written.
+
+    Scalars are written as they are; a vector of a fixed length (``shape == (D,)``, e.g. an
+    embedding) as a ``fixed_size_list`` of D values, the type LanceDB indexes. Images, masks
+    and vectors of varying length stay in memory.
+    """
+    if not column.stored:
+        return None
+    if not column.shape:
+        return _arrow_type(column.dtype)
+    if len(column.shape) == 1 and column.shape[0] is not None:
+        return pa.list_(_arrow_type(column.dtype), column.shape[0])
+    return None
+
+
 def stored_schemas(order: list[tuple[UnitSpec, type[Unit]]]) -> tuple[pa.Schema, pa.Schema]:
     """Schemas of the stored tile rows and object rows of a pipeline (keys first)."""
     tiles = {name: _KEY_TYPES[name] for name in (*TILE_KEYS, "tissue_fraction")}
     objects = {name: _KEY_TYPES[name] for name in OBJECT_KEYS}
     for _, cls in order:
         for column in cls.outputs:
-            if column.stored and not column.shape:
+            kind = _stored_type(column)
+            if kind is not None:
                 target = objects if column.granularity == "object" else tiles
-                target.setdefault(column.name, _arrow_type(column.dtype))
+                target.setdefault(column.name, kind)
     return pa.schema(list(tiles.items())), pa.schema(list(objects.items()))
 
 

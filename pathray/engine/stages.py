@@ -197,6 +197,9 @@ def _table(batch: Batch, schema: pa.Schema) -> pa.Table:
         values = np.asarray(batch[field_.name])
         if values.dtype == object or values.dtype.kind == "U":
             arrays.append(pa.array(list(values), field_.type))
+        elif pa.types.is_fixed_size_list(field_.type):
+            flat = pa.array(values.reshape(-1), field_.type.value_type)
+            arrays.append(pa.FixedSizeListArray.from_arrays(flat, field_.type.list_size))
         else:
             arrays.append(pa.array(values, field_.type))
     return pa.Table.from_arrays(arrays, schema=schema)
