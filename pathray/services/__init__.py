@@ -1,0 +1,1 @@
+"""Services: code that needs both the hot catalog and the cold store."""
