@@ -21,6 +21,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Sequence
@@ -52,12 +53,14 @@ class EmbeddingVersion:
         version: Unit version.
         config_hash: Hash of the unit's validated config.
         model_version_id: The model version the unit loaded, or None.
+        config: The unit's config as JSON (to embed an uploaded image the same way).
     """
 
     unit: str
     version: str
     config_hash: str
     model_version_id: int | None
+    config: str = field(default="{}", compare=False)
 
     def key(self, image_set: str) -> str:
         """Name of the index table of this version's vectors of an image set."""
@@ -170,7 +173,11 @@ class SearchService:
                 if node.role != EMBEDDING_ROLE:
                     continue
                 version = EmbeddingVersion(
-                    node.unit, node.version, node.config_hash, node.model_version_id
+                    node.unit,
+                    node.version,
+                    node.config_hash,
+                    node.model_version_id,
+                    json.dumps(node.config, sort_keys=True),
                 )
                 found.setdefault(version, []).append(run.id)
         return found
@@ -264,6 +271,29 @@ class SearchService:
         index = self.index(image_set, unit)
         found = index.search(vector, k, self._where(filters))
         return SearchResult(index.key, self._hits(found, k))
+
+    def embed_image(self, image_set: str, image: np.ndarray, unit: str | None = None) -> np.ndarray:
+        """An image's vector, made by the unit and config of the index a query would use.
+
+        A unit that reads a tissue mask gets one from the registered ``tissue_mask`` unit.
+        No model artifact is handed over: units that need one (other than a shipped default)
+        cannot embed uploads.
+
+        Args:
+            image_set: The image set whose index the vector is for.
+            image: ``(H, W, 3)`` uint8 RGB, at the embedding unit's resolution.
+            unit: The embedding unit whose index to use (None: the newest).
+
+        Raises:
+            NotFoundError: If the set has no index.
+        """
+        index = self.index(image_set, unit)
+        meta = index.metadata
+        embedder = get_unit(meta["unit"])(json.loads(meta.get("config") or "{}"))
+        batch: dict[str, np.ndarray] = {"image": np.asarray(image, np.uint8)[None, ..., :3]}
+        if any(c.name == "tissue" for c in embedder.inputs):
+            batch["tissue"] = get_unit("tissue_mask")()(batch)["tissue"]
+        return np.asarray(embedder(batch)[meta["column"]][0], np.float32)
 
     def like_place(
         self,
@@ -389,6 +419,7 @@ def _meta(image_set: str, version: EmbeddingVersion, column: str) -> dict[str, s
         "unit": version.unit,
         "unit_version": version.version,
         "config_hash": version.config_hash,
+        "config": version.config,
         "model_version_id": ""
         if version.model_version_id is None
         else str(version.model_version_id),
