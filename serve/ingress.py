@@ -36,6 +36,8 @@ from serve.schemas import (
     JobStatus,
     PipelineInfo,
 )
+from serve.search_api import configure as configure_search
+from serve.search_api import router as search_router
 from serve.security import Inferrer, Monitor, Reader, Submitter, TokenAuth, install_auth
 from serve.validation import ImageLimits, decode_tile
 
@@ -59,6 +61,7 @@ api = FastAPI(
     "Errors answer {'error': {'code', 'message'}} with a stable code.",
 )
 install_handlers(api)
+api.include_router(search_router)
 
 
 #: This replica's state, read by the middleware. Serve freezes a copy of ``api`` when the
@@ -169,6 +172,7 @@ class Ingress:
         self.retry_after = str(int(settings.get("retry_after_s", 1)))
         self.catalog = Catalog.open(settings["catalog_url"], migrate=False)
         self.store = ColdStore(settings["cold_root"])
+        configure_search(self.catalog, settings["cold_root"], self.limits)
         drift = dict(settings.get("drift") or {})
         reference_path = drift.pop("reference", None)
         reference = Reference.load(reference_path) if reference_path else None
