@@ -192,7 +192,7 @@ def run_demo(
             f"Dice {agreement['dice']:.3f}"
         )
     console.print(_locations_table(catalog, store, results, settings))
-    results["search"] = prepare_search(catalog, store, "real-wsi", console=console)
+    prepare_search(catalog, store, "real-wsi", console=console)
     return results
 
 
