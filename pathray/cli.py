@@ -23,6 +23,7 @@ from pathray.cli_auth import tokens_app, users_app
 from pathray.cli_iterate import register as register_iterate
 from pathray.cli_models import models_app
 from pathray.cli_pipelines import load_spec, pipelines_app, units_app
+from pathray.cli_search import search_app
 from pathray.cli_serve import serve_command
 from pathray.cli_ui import ui as ui_command
 from pathray.config import Settings
@@ -47,6 +48,7 @@ app.add_typer(pipelines_app, name="pipelines")
 register_iterate(app)
 app.add_typer(users_app, name="users")
 app.add_typer(tokens_app, name="tokens")
+app.add_typer(search_app, name="search")
 app.command("ui")(ui_command)
 app.command("serve")(serve_command)
 

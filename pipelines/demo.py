@@ -6,6 +6,8 @@
    instance masks imported as reference annotations.
 4. The ``nuclei`` preset runs on each image set on the local Ray; each run is compared with its
    reference, and a table of the metrics and of where every result lives is printed.
+5. The ``embed`` preset runs on the real slides and their similarity-search index is built
+   (``pathray search --like SLIDE:X,Y``).
 
 Re-running the demo reuses what exists (slides are identified by content, annotations are
 imported once) and makes new runs.
@@ -216,7 +218,22 @@ def run_demo(
             f"Dice {agreement['dice']:.3f}"
         )
     console.print(_locations_table(catalog, store, results, settings))
+    prepare_search(catalog, store, "real-wsi", console=console)
     return results
+
+
+def prepare_search(catalog: Catalog, store: ColdStore, image_set: str, *, console: Console) -> Any:
+    """Embed an image set's tiles (the ``embed`` preset) and build its search index."""
+    from pathray.services.search import SearchService
+
+    with console.status(f"embedding the tiles of {image_set} for similarity search..."):
+        run_pipeline(catalog, store, load_preset("embed"), image_set, requester="demo")
+        (report,) = SearchService(catalog, store.root).build(image_set)
+    console.print(
+        f"similarity search: {report.rows} tiles of {image_set} indexed ({report.key}); try "
+        "`pathray search --like OS-1-detail:300,300`"
+    )
+    return report
 
 
 def copies_agreement(catalog: Catalog, store: ColdStore, run_id: str) -> dict[str, Any] | None:

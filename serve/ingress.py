@@ -47,6 +47,8 @@ from serve.schemas import (
     JobStatus,
     PipelineInfo,
 )
+from serve.search_api import configure as configure_search
+from serve.search_api import router as search_router
 from serve.security import (
     Inferrer,
     Monitor,
@@ -84,6 +86,7 @@ api = FastAPI(
 install_handlers(api)
 # added before _measure, so _measure (outermost) times and counts the guard's refusals too
 api.add_middleware(RequestGuard)
+api.include_router(search_router)
 
 
 #: This replica's state, read by the middleware. Serve freezes a copy of ``api`` when the
@@ -201,6 +204,7 @@ class Ingress:
         self.retry_after = str(int(settings.get("retry_after_s", 1)))
         self.catalog = Catalog.open(settings["catalog_url"], migrate=False)
         self.store = ColdStore(settings["cold_root"])
+        configure_search(self.catalog, settings["cold_root"], self.limits)
         drift = dict(settings.get("drift") or {})
         reference_path = drift.pop("reference", None)
         reference = Reference.load(reference_path) if reference_path else None

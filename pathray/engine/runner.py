@@ -44,7 +44,7 @@ from pathray.pipeline.resources import node_resources
 from pathray.pipeline.spec import PipelineSpec, UnitSpec
 from pathray.results.store import ColdStore
 from pathray.slides.source import tile_dataset
-from pathray.units.base import OBJECT_KEYS, TILE_KEYS, Resources, Unit
+from pathray.units.base import OBJECT_KEYS, TILE_KEYS, Column, Resources, Unit
 from pathray.units.registry import unit_path
 
 log = logging.getLogger(__name__)
@@ -125,6 +125,23 @@ def _arrow_type(dtype: str) -> pa.DataType:
     return pa.from_numpy_dtype(np.dtype(dtype))
 
 
+def _stored_type(column: Column) -> pa.DataType | None:
+    """Arrow type a stored column is written as, or None for a column that is not written.
+
+    Scalars are written as they are; a vector of a fixed length (``shape == (D,)``, e.g. an
+    embedding) as a ``fixed_size_list`` of D values, the type LanceDB indexes. Images, masks
+    and vectors of varying length stay in memory.
+    """
+    if not column.stored:
+        return None
+    if not column.shape:
+        return _arrow_type(column.dtype)
+    if len(column.shape) == 1:  # per-row vectors: of a fixed length, or not (class counts)
+        kind = _arrow_type(column.dtype)
+        return pa.list_(kind) if column.shape[0] is None else pa.list_(kind, column.shape[0])
+    return None
+
+
 def stored_schemas(order: list[tuple[UnitSpec, type[Unit]]]) -> tuple[pa.Schema, pa.Schema]:
     """Schemas of the stored tile rows and object rows of a pipeline (keys first).
 
@@ -135,10 +152,10 @@ def stored_schemas(order: list[tuple[UnitSpec, type[Unit]]]) -> tuple[pa.Schema,
     objects = {name: _KEY_TYPES[name] for name in OBJECT_KEYS}
     for _, cls in order:
         for column in cls.outputs:
-            if column.stored and len(column.shape) <= 1:
+            kind = _stored_type(column)
+            if kind is not None:
                 target = objects if column.granularity == "object" else tiles
-                kind = _arrow_type(column.dtype)
-                target.setdefault(column.name, pa.list_(kind) if column.shape else kind)
+                target.setdefault(column.name, kind)
     return pa.schema(list(tiles.items())), pa.schema(list(objects.items()))
 
 

@@ -207,8 +207,11 @@ def _table(batch: Batch, schema: pa.Schema) -> pa.Table:
     arrays = []
     for field_ in schema:
         values = np.asarray(batch[field_.name])
-        if values.dtype == object or values.dtype.kind == "U" or values.ndim > 1:
-            # strings, bytes and per-row vectors (Arrow lists) go row by row
+        if pa.types.is_fixed_size_list(field_.type) and values.ndim == 2 and values.dtype != object:
+            flat = pa.array(values.reshape(-1), field_.type.value_type)  # one copy, no per-row work
+            arrays.append(pa.FixedSizeListArray.from_arrays(flat, field_.type.list_size))
+        elif values.dtype == object or values.dtype.kind == "U" or values.ndim > 1:
+            # strings, bytes and vectors of varying length (Arrow lists) go row by row
             arrays.append(pa.array(list(values), field_.type))
         else:
             arrays.append(pa.array(values, field_.type))

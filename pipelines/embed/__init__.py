@@ -1,0 +1,1 @@
+"""Embedding units: fixed-length vectors of tiles for similarity search."""
