@@ -41,6 +41,7 @@ from pathray.engine.plan import Plan, plan_run
 from pathray.engine.stages import UnitStage
 from pathray.errors import ConfigError, ResourceError
 from pathray.pipeline.spec import PipelineSpec, UnitSpec
+from pathray.results.location import Location
 from pathray.results.store import ColdStore
 from pathray.slides.source import tile_dataset
 from pathray.units.base import OBJECT_KEYS, TILE_KEYS, Unit
@@ -256,7 +257,7 @@ def await_resources(
 def build_dataset(
     spec: PipelineSpec,
     refs: pa.Table,
-    staging: Path,
+    staging: Location | str | Path,
     block_rows: int = 32,
     models: dict[str, ResolvedModel] | None = None,
     monitor: str | None = None,
@@ -267,7 +268,7 @@ def build_dataset(
     Args:
         spec: The pipeline.
         refs: The tile references to process.
-        staging: The run's staging folder.
+        staging: The run's staging folder (a path or an object-store location).
         block_rows: Tiles per block read.
         models: Node id -> the model its unit loads.
         monitor: Name of the run's monitor actor (per-unit progress and logs), if any.
@@ -283,7 +284,7 @@ def build_dataset(
     marker_cols = tuple(c for c in tile_schema.names if c not in TILE_KEYS)
     emits = any(cls.emits_objects() for _, cls in order)
     write = {
-        "staging": str(staging),
+        "staging": staging if isinstance(staging, Location) else Location(staging),
         "object_schema": object_schema if emits else None,
         "tile_schema": tile_schema,
     }
