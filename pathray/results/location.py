@@ -111,8 +111,8 @@ class S3Options:
 
 
 @functools.lru_cache(maxsize=8)
-def _s3_filesystem(options: S3Options) -> pafs.S3FileSystem:
-    """One filesystem per set of options and process (it keeps a connection pool)."""
+def s3_filesystem(options: S3Options) -> pafs.S3FileSystem:
+    """The pyarrow filesystem of an object store; one per options and process (it pools)."""
     kwargs: dict[str, Any] = {
         "region": options.region,
         "connect_timeout": CONNECT_TIMEOUT_S,
@@ -220,7 +220,7 @@ class Location:
     @property
     def filesystem(self) -> pafs.FileSystem:
         """The :mod:`pyarrow.fs` filesystem that holds the location (path: :attr:`path`)."""
-        return _s3_filesystem(self.s3) if self.s3 is not None else pafs.LocalFileSystem()
+        return s3_filesystem(self.s3) if self.s3 is not None else pafs.LocalFileSystem()
 
     @property
     def storage_options(self) -> dict[str, str] | None:
@@ -373,4 +373,5 @@ __all__ = [
     "S3Options",
     "is_object_store",
     "parse_s3_uri",
+    "s3_filesystem",
 ]
