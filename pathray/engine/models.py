@@ -20,6 +20,7 @@ from pathray.catalog.records import ModelVersion
 from pathray.errors import ConfigError, NotFoundError
 from pathray.pipeline.spec import PipelineSpec
 from pathray.results.artifacts import ArtifactStore
+from pathray.results.location import Location
 from pathray.units.registry import get_unit
 
 
@@ -46,14 +47,15 @@ def parse_model_ref(ref: str) -> tuple[str, str]:
 
 
 def resolve_models(
-    catalog: Catalog, spec: PipelineSpec, cold_root: str | Path
+    catalog: Catalog, spec: PipelineSpec, cold_root: str | Path | Location
 ) -> dict[str, ResolvedModel]:
     """Resolve every node's model reference to a registered version and an unpacked folder.
 
     Args:
         catalog: The catalog holding the model registry.
         spec: The pipeline.
-        cold_root: Root of the cold store holding the artifacts.
+        cold_root: Root of the cold store holding the artifacts (a path, an ``s3://`` URI or
+            its location).
 
     Returns:
         Node id -> its resolved model (nodes without a model are absent).
@@ -69,7 +71,9 @@ def resolve_models(
     return resolved
 
 
-def _model_version(catalog: Catalog, unit: str, ref: str, cold_root: str | Path) -> ModelVersion:
+def _model_version(
+    catalog: Catalog, unit: str, ref: str, cold_root: str | Path | Location
+) -> ModelVersion:
     """The registered version a reference names, installing a model the unit ships if needed."""
     name, version = parse_model_ref(ref)
     key: int | str = int(version) if version.isdigit() else version

@@ -352,7 +352,7 @@ def prepare_run(
         NotFoundError: If the image set or a model version does not exist.
     """
     spec.ordered()  # validate before recording anything
-    models = resolve_models(catalog, spec, store.root)
+    models = resolve_models(catalog, spec, store.location)
     catalog.get_image_set(image_set)
     code = code_version()
     return catalog.create_run(
@@ -448,7 +448,7 @@ def execute_run(
     catalog.update_run(run_id, status="running")
     monitor: Any = None
     try:
-        models = resolve_models(catalog, spec, store.root)
+        models = resolve_models(catalog, spec, store.location)
         ensure_ray(ray_address)
         slide_ids = [slide.id for slide in catalog.slides_in_set(run.image_set)]
         plan = plan_run(catalog, slide_ids, spec.tiling)
