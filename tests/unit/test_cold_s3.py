@@ -12,9 +12,10 @@ import pytest
 from pathray.config import Settings
 from pathray.errors import ConfigError, NotFoundError, StorageError
 from pathray.results.artifacts import ArtifactStore, CorruptArtifactError, local_cache
-from pathray.results.location import Location
+from pathray.results.location import Location, S3Options
 from pathray.results.store import ColdStore
 from pathray.slides.register import register_slides
+from tests.conftest import S3_KEYS, S3Proxy, free_port
 
 
 def _objects(slide: int, tiles: list[int], x0: float) -> pa.Table:
@@ -130,8 +131,6 @@ def test_bad_endpoint_setting_is_refused(monkeypatch: pytest.MonkeyPatch) -> Non
 
 
 def test_unreachable_store_names_what_to_set(monkeypatch: pytest.MonkeyPatch) -> None:
-    from tests.conftest import S3_KEYS, free_port
-
     for key, value in S3_KEYS.items():
         monkeypatch.setenv(key, value)
     monkeypatch.setenv("PATHRAY_S3_ENDPOINT", f"http://127.0.0.1:{free_port()}")
@@ -152,3 +151,27 @@ def test_s3_slide_store_is_refused(sqlite_catalog) -> None:
     with pytest.raises(ConfigError, match=r"not supported yet\. Got 's3://slides/wsi'"):
         register_slides(sqlite_catalog, "s3://slides/wsi", store="cloud")
     assert sqlite_catalog.list_stores() == []
+
+
+def test_vanished_store_fails_with_storage_error_and_keeps_state(
+    s3_cold: str, s3_proxy: S3Proxy, s3_server: str
+) -> None:
+    def store_at(endpoint: str) -> ColdStore:
+        keys = (S3_KEYS["AWS_ACCESS_KEY_ID"], S3_KEYS["AWS_SECRET_ACCESS_KEY"])
+        return ColdStore(Location(s3_cold, S3Options(endpoint, "us-east-1", *keys)))
+
+    through_proxy, direct = store_at(s3_proxy.endpoint), store_at(s3_server)
+    through_proxy.stage("r", "a", _tiles(1, [0]), _objects(1, [0], 0.0))
+    s3_proxy.kill()
+    for action in (
+        lambda: through_proxy.finalize("r"),
+        lambda: through_proxy.stage("r", "b", _tiles(1, [1]), None),
+        lambda: through_proxy.read("r"),
+    ):
+        with pytest.raises(StorageError, match="PATHRAY_S3_ENDPOINT") as info:
+            action()
+        assert s3_proxy.endpoint in str(info.value)
+    # what was staged before is intact, nothing was committed, and the run commits later
+    assert direct.done_tiles("r") == {(1, 0)} and not (direct.location / "runs").exists()
+    s3_proxy.start()
+    assert through_proxy.finalize("r") == {1: {"tiles": 1, "objects": 1}}
