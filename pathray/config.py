@@ -46,13 +46,14 @@ class Settings:
         """
         root = Path(home or os.environ.get("PATHRAY_HOME", ".pathray")).expanduser().resolve()
         url = os.environ.get("PATHRAY_CATALOG_URL") or f"sqlite:///{root / 'catalog.db'}"
-        cold: Path | str = os.environ.get("PATHRAY_COLD") or str(root / "cold")
-        if "://" in cold:
+        cold_env = os.environ.get("PATHRAY_COLD") or str(root / "cold")
+        cold: Path | str = cold_env
+        if "://" in cold_env:
             from pathray.results.location import parse_s3_uri  # pyarrow: only when needed
 
-            parse_s3_uri(cold)  # refuses a malformed URI before anything uses it
+            parse_s3_uri(cold_env)  # refuses a malformed URI before anything uses it
         else:
-            cold = Path(cold).expanduser().resolve()
+            cold = Path(cold_env).expanduser().resolve()
         return cls(
             home=root,
             catalog_url=url,

@@ -331,7 +331,7 @@ class Location:
     def open_input(self) -> IO[bytes]:
         """Open the file for reading (a binary stream)."""
         try:
-            return self.filesystem.open_input_stream(self.path)  # type: ignore[no-any-return]
+            return self.filesystem.open_input_stream(self.path)
         except OSError as exc:
             raise self.error("read", exc) from exc
 
