@@ -85,7 +85,7 @@ def _catalog() -> Any:
 def _store() -> Any:
     from pathray.results.store import ColdStore
 
-    return ColdStore(Settings.from_env().cold_root)
+    return ColdStore.open(Settings.from_env().cold_root)
 
 
 def _slide_id(catalog: Any, ref: str) -> int:
@@ -97,7 +97,7 @@ def _slide_id(catalog: Any, ref: str) -> int:
 def init() -> None:
     """Create PATHRAY_HOME with an empty catalog and cold store; you become its first admin."""
     settings = Settings.from_env()
-    settings.cold_root.mkdir(parents=True, exist_ok=True)
+    _store().location.makedirs()
     catalog = _catalog()
     if not catalog.list_users():
         catalog.add_user(ME, role="admin")

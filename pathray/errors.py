@@ -34,6 +34,10 @@ class ResourceError(PathRayError):
     """The cluster has too few free resources for the work asked of it."""
 
 
+class StorageError(PathRayError):
+    """The cold store (a folder or an object store) cannot be reached, read or written."""
+
+
 class FormatError(PathRayError):
     """An annotation file cannot be parsed or written."""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
@@ -166,3 +167,140 @@ def objects_slide(catalog: Catalog, tmp_path):
 
 
 # ========================================================================= end of app-core
+
+
+# =============================================================================================
+# object-store fixtures (owner: pathray/results/location.py)
+#
+#   s3_server    a moto S3 server (PyPI moto[server], in the dev extra) on a free loopback port,
+#                started once per session in a subprocess; its endpoint URL
+#   s3_cold      a new bucket on it and the environment pointed at it (PATHRAY_S3_ENDPOINT,
+#                AWS_* test credentials, PATHRAY_CACHE in tmp_path); the cold root
+#                "s3://<bucket>/cold"
+#   s3_proxy     a TCP forwarder in front of s3_server (tests/tcp_proxy.py): kill() makes the
+#                store vanish with its data kept, start() brings it back on the same port
+# =============================================================================================
+
+S3_KEYS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_http(url: str, proc: subprocess.Popen[bytes], what: str, timeout_s: float = 90) -> None:
+    import time
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"{what} exited with {proc.returncode} before it answered", pytrace=False)
+        try:
+            urllib.request.urlopen(url, timeout=2).close()
+            return
+        except OSError:
+            time.sleep(0.2)
+    pytest.fail(f"{what} did not answer at {url} within {timeout_s} s", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Endpoint of a moto S3 server running for the session."""
+    from pathlib import Path
+
+    port = free_port()
+    log = tmp_path_factory.mktemp("moto") / "server.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        _wait_http(endpoint, proc, "moto_server")
+        yield endpoint
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def make_bucket(endpoint: str) -> str:
+    """Create a new, empty bucket on an S3 server; its name."""
+    import pyarrow.fs as pafs
+
+    name = f"pathray-{uuid.uuid4().hex[:12]}"
+    scheme, _, host = endpoint.partition("://")
+    admin = pafs.S3FileSystem(
+        endpoint_override=host,
+        scheme=scheme,
+        region="us-east-1",
+        access_key=S3_KEYS["AWS_ACCESS_KEY_ID"],
+        secret_key=S3_KEYS["AWS_SECRET_ACCESS_KEY"],
+        allow_bucket_creation=True,  # PathRay never creates buckets; the tests' admin does
+    )
+    admin.create_dir(name)
+    return name
+
+
+@pytest.fixture
+def s3_cold(s3_server: str, tmp_path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A cold root in a new bucket, with the environment pointed at the server."""
+    monkeypatch.setenv("PATHRAY_S3_ENDPOINT", s3_server)
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    monkeypatch.setenv("PATHRAY_CACHE", str(tmp_path / "cache"))
+    for key, value in S3_KEYS.items():
+        monkeypatch.setenv(key, value)
+    return f"s3://{make_bucket(s3_server)}/cold"
+
+
+class S3Proxy:
+    """A killable TCP forwarder to an S3 server (see the block comment).
+
+    Args:
+        target: Endpoint URL of the server.
+    """
+
+    def __init__(self, target: str) -> None:
+        self.target_port = int(target.rsplit(":", 1)[1])
+        self.port = free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        """Start forwarding; returns once connections are accepted."""
+        from pathlib import Path
+
+        script = Path(__file__).with_name("tcp_proxy.py")
+        self.proc = subprocess.Popen(
+            [sys.executable, str(script), str(self.port), str(self.target_port)],
+            stdout=subprocess.DEVNULL,
+        )
+        _wait_http(self.endpoint, self.proc, "tcp_proxy")
+
+    def kill(self) -> None:
+        """Kill the forwarder at once: open connections reset, new ones refused."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+
+
+@pytest.fixture
+def s3_proxy(s3_server: str) -> Iterator[S3Proxy]:
+    """A started forwarder to s3_server, killed afterwards."""
+    proxy = S3Proxy(s3_server)
+    proxy.start()
+    try:
+        yield proxy
+    finally:
+        proxy.kill()
+
+
+# ========================================================================= end of object-store

@@ -23,6 +23,7 @@ from pathray.catalog.records import ModelVersion
 from pathray.pipeline.bind import check_models, parse_model_ref, version_key
 from pathray.pipeline.spec import PipelineSpec
 from pathray.results.artifacts import ArtifactStore
+from pathray.results.location import Location
 from pathray.units.registry import get_unit
 
 __all__ = ["ResolvedModel", "card_resources", "parse_model_ref", "resolve_models"]
@@ -50,14 +51,15 @@ def card_resources(version: ModelVersion) -> dict[str, Any]:
 
 
 def resolve_models(
-    catalog: Catalog, spec: PipelineSpec, cold_root: str | Path
+    catalog: Catalog, spec: PipelineSpec, cold_root: str | Path | Location
 ) -> dict[str, ResolvedModel]:
     """Check every node's model, then resolve it to a registered version and unpacked folder.
 
     Args:
         catalog: The catalog holding the model registry.
         spec: The pipeline.
-        cold_root: Root of the cold store holding the artifacts.
+        cold_root: Root of the cold store holding the artifacts (a path, an ``s3://`` URI or
+            its location).
 
     Returns:
         Node id -> its resolved model (nodes without a model are absent).
@@ -78,7 +80,9 @@ def resolve_models(
     return resolved
 
 
-def _install_bundled(catalog: Catalog, unit: str, ref: str, cold_root: str | Path) -> ModelVersion:
+def _install_bundled(
+    catalog: Catalog, unit: str, ref: str, cold_root: str | Path | Location
+) -> ModelVersion:
     """Register the model a unit ships (see the module docstring) and return its version."""
     cls = get_unit(unit)
     name, version = parse_model_ref(ref)

@@ -42,6 +42,7 @@ from pathray.engine.stages import UnitStage
 from pathray.errors import ConfigError, ResourceError
 from pathray.pipeline.resources import node_resources
 from pathray.pipeline.spec import PipelineSpec, UnitSpec
+from pathray.results.location import Location
 from pathray.results.store import ColdStore
 from pathray.slides.source import tile_dataset
 from pathray.units.base import OBJECT_KEYS, TILE_KEYS, Column, Resources, Unit
@@ -302,7 +303,7 @@ def await_resources(
 def build_dataset(
     spec: PipelineSpec,
     refs: pa.Table,
-    staging: Path,
+    staging: Location | str | Path,
     block_rows: int = 32,
     models: dict[str, ResolvedModel] | None = None,
     monitor: str | None = None,
@@ -313,7 +314,7 @@ def build_dataset(
     Args:
         spec: The pipeline.
         refs: The tile references to process.
-        staging: The run's staging folder.
+        staging: The run's staging folder (a path or an object-store location).
         block_rows: Tiles per block read.
         models: Node id -> the model its unit loads.
         monitor: Name of the run's monitor actor (per-unit progress and logs), if any.
@@ -330,7 +331,7 @@ def build_dataset(
     marker_cols = tuple(c for c in tile_schema.names if c not in TILE_KEYS)
     emits = any(cls.emits_objects() for _, cls in order)
     write = {
-        "staging": str(staging),
+        "staging": staging if isinstance(staging, Location) else Location(staging),
         "object_schema": object_schema if emits else None,
         "tile_schema": tile_schema,
     }
@@ -399,7 +400,7 @@ def prepare_run(
         NotFoundError: If the image set does not exist.
     """
     spec.ordered()  # validate before recording anything
-    models = resolve_models(catalog, spec, store.root)
+    models = resolve_models(catalog, spec, store.location)
     catalog.get_image_set(image_set)
     code = code_version()
     return catalog.create_run(
@@ -494,7 +495,7 @@ def execute_run(
     catalog.update_run(run_id, status="running")
     monitor: Any = None
     try:
-        models = resolve_models(catalog, spec, store.root)
+        models = resolve_models(catalog, spec, store.location)
         ensure_ray(ray_address)
         slide_ids = [slide.id for slide in catalog.slides_in_set(run.image_set)]
         plan = plan_run(catalog, slide_ids, spec.tiling)

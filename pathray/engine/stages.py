@@ -7,11 +7,12 @@ row per input tile (``object_id == -1``). The markers are how the writer learns 
 processed even when it held no object; units never see them.
 
 :class:`WriteStage` writes every batch to the run's staging area as two Parquet files with
-content-derived names (objects first, then the tile markers, each written to a temporary name and
-renamed), so a retried batch overwrites its own files and a tile counts as done only once its
-marker file exists. The engine runs it inside the last unit's actors (``UnitStage(write=...)``)
-rather than as a stage of its own: a separate writer pool would cost one more actor process per
-run and one more trip of every batch through the object store, for no parallelism gained.
+content-derived names (objects first, then the tile markers, each complete or absent: see
+:func:`~pathray.results.store.stage_batch`), so a retried batch overwrites its own files and a
+tile counts as done only once its marker file exists. The engine runs it inside the last unit's
+actors (``UnitStage(write=...)``) rather than as a stage of its own: a separate writer pool would
+cost one more actor process per run and one more trip of every batch through the object store,
+for no parallelism gained.
 """
 
 from __future__ import annotations
@@ -21,15 +22,15 @@ import logging
 import math
 import os
 import sys
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import ray
 
 from pathray.engine.monitor import MonitorHandler, find_monitor
+from pathray.results.location import Location
+from pathray.results.store import stage_batch
 from pathray.units.base import OBJECT_KEYS, PARENT_INDEX, TILE_KEYS, Batch, Unit
 from pathray.units.registry import load_unit_class
 
@@ -218,27 +219,24 @@ def _table(batch: Batch, schema: pa.Schema) -> pa.Table:
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
-def _atomic_write(table: pa.Table, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    pq.write_table(table, tmp, compression="zstd")
-    os.replace(tmp, path)
-
-
 class WriteStage:
     """Write each batch to the run's staging folder; return one summary row per batch.
 
     Args:
-        staging: The run's staging folder.
+        staging: The run's staging folder (a local folder or an object-store location).
         object_schema: Stored columns of object rows (keys included), or None when the
             pipeline makes no objects.
         tile_schema: Stored columns of tile rows (keys included).
     """
 
     def __init__(
-        self, staging: str, object_schema: pa.Schema | None, tile_schema: pa.Schema
+        self,
+        staging: Location | str,
+        object_schema: pa.Schema | None,
+        tile_schema: pa.Schema,
     ) -> None:
-        self.staging = Path(staging)
-        self.staging.mkdir(parents=True, exist_ok=True)
+        self.staging = staging if isinstance(staging, Location) else Location(staging)
+        self.staging.makedirs()
         self.object_schema = object_schema
         self.tile_schema = tile_schema
 
@@ -250,13 +248,12 @@ class WriteStage:
         # Named by the tiles it holds: a retried batch overwrites its own files.
         digest = hashlib.sha1("|".join(sorted(f"{s}:{t}" for s, t in pairs)).encode()).hexdigest()
         digest = digest[:20]
-        n_objects = 0
+        n_objects, table = 0, None
         if markers is not None and self.object_schema is not None:
             objects = _take(batch, ~markers)
             n_objects = len(objects["tile_id"])
             table = _table(objects, self.object_schema)
-            _atomic_write(table, self.staging / f"{digest}.objects.parquet")
-        _atomic_write(_table(tiles, self.tile_schema), self.staging / f"{digest}.tiles.parquet")
+        stage_batch(self.staging, digest, _table(tiles, self.tile_schema), table)
         return {
             "tiles": np.array([len(tiles["tile_id"])], np.int64),
             "objects": np.array([n_objects], np.int64),

@@ -103,7 +103,7 @@ class Workspace:
         actor: str,
         notify: Callable[[str, str], None],
     ) -> None:
-        self.catalog, self.cold_root, self.spec = catalog, Path(cold_root), spec
+        self.catalog, self.cold_root, self.spec = catalog, cold_root, spec
         self.node_id, self.split, self.reference = node_id, split, reference
         self.requirement, self.training_set, self.settings = requirement, training_set, settings
         self.loop_id, self.actor, self.notify = loop_id, actor, notify

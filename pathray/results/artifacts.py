@@ -6,6 +6,10 @@ Layout under the cold root::
     artifacts/tmp/                      blobs being written (renamed into place when complete)
     artifacts/unpacked/<digest>/        folder artifacts unpacked for loading (a cache)
 
+On an object store (``s3://bucket/prefix``) only ``artifacts/sha256/`` is kept there; the
+rest, and a checked copy of each blob fetched, lives in a local cache folder
+(``PATHRAY_CACHE``, default ``~/.cache/pathray/cold/<hash of the URI>``) with the same layout.
+
 A file is stored as its bytes; a folder as a deterministic tar of it (entries sorted by path,
 times, owners and permissions normalised), so the same folder content always gives the same
 digest. Writes go to a temporary file and are renamed into place, so a reader never sees half an
@@ -34,6 +38,7 @@ from pathlib import Path
 from typing import IO
 
 from pathray.errors import ConfigError, NotFoundError, PathRayError
+from pathray.results.location import Location
 
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
 _CHUNK = 1 << 20
@@ -50,7 +55,7 @@ class Artifact:
     Attributes:
         digest: SHA-256 of the stored bytes (64 lowercase hex digits).
         size: Size of the stored blob in bytes (the tar's size for a folder).
-        uri: Where the blob lives (an absolute path under the cold root).
+        uri: Where the blob lives (an absolute path under the cold root, or its ``s3://`` URI).
     """
 
     digest: str
@@ -81,18 +86,28 @@ def check_digest(digest: str) -> str:
     return value
 
 
-def _chunks(path: Path) -> Iterator[bytes]:
-    with path.open("rb") as handle:
+def _chunks(path: Path | Location) -> Iterator[bytes]:
+    with path.open_input() if isinstance(path, Location) else path.open("rb") as handle:
         while chunk := handle.read(_CHUNK):
             yield chunk
 
 
-def hash_file(path: str | Path) -> str:
-    """Return the SHA-256 of a file's content, read in chunks."""
+def hash_file(path: str | Path | Location) -> str:
+    """Return the SHA-256 of a file's content (local or on an object store), read in chunks."""
     sha = hashlib.sha256()
-    for chunk in _chunks(Path(path)):
+    for chunk in _chunks(path if isinstance(path, Location) else Path(path)):
         sha.update(chunk)
     return sha.hexdigest()
+
+
+def local_cache(uri: str) -> Path:
+    """The local folder caching an object-store cold root's artifacts.
+
+    ``PATHRAY_CACHE`` names the parent folder (default ``~/.cache/pathray/cold``); each store
+    gets a subfolder named by a hash of its URI.
+    """
+    parent = Path(os.environ.get("PATHRAY_CACHE") or "~/.cache/pathray/cold").expanduser()
+    return parent / hashlib.sha256(uri.encode()).hexdigest()[:16]
 
 
 class _HashingWriter:
@@ -161,21 +176,31 @@ class ArtifactStore:
     """Content-addressed artifacts under a cold-store root.
 
     Args:
-        root: The cold store's root folder (artifacts go to ``<root>/artifacts``).
+        root: The cold store's root: a folder (artifacts go to ``<root>/artifacts``) or an
+            ``s3://bucket/prefix`` (blobs go to ``<prefix>/artifacts/sha256``, fetched copies
+            and unpacked folders to a local cache, see :func:`local_cache`).
     """
 
-    def __init__(self, root: str | Path) -> None:
-        self.root = Path(root)
+    def __init__(self, root: str | Path | Location) -> None:
+        location = root if isinstance(root, Location) else Location(root)
+        #: The object-store folder holding the blobs, or None for a local store.
+        self.remote = location / "artifacts" if location.remote else None
+        self.root = local_cache(location.uri) if location.remote else Path(location.path)
         self.base = self.root / "artifacts"
 
     def path(self, digest: str) -> Path:
-        """Where the blob of a digest lives (whether or not it exists)."""
+        """Where the blob of a digest lives locally (whether or not it exists)."""
         value = check_digest(digest)
         return self.base / "sha256" / value[:2] / value
 
+    def _remote_blob(self, digest: str) -> Location | None:
+        value = check_digest(digest)
+        return None if self.remote is None else self.remote / "sha256" / value[:2] / value
+
     def exists(self, digest: str) -> bool:
         """Whether an artifact with this digest is stored (its content is not checked)."""
-        return self.path(digest).is_file()
+        blob = self._remote_blob(digest)
+        return self.path(digest).is_file() if blob is None else blob.is_file()
 
     def put(self, source: str | Path | bytes | bytearray | memoryview) -> Artifact:
         """Store a file, a folder or bytes; storing the same content again changes nothing.
@@ -207,9 +232,29 @@ class ArtifactStore:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 tmp.chmod(0o444)
                 os.replace(tmp, target)  # also repairs a corrupted copy
-            return Artifact(digest, writer.size, str(target))
+            blob = self._remote_blob(digest)
+            if blob is not None and not (blob.is_file() and hash_file(blob) == digest):
+                blob.upload(target)  # complete or absent; also repairs a corrupted copy
+            return Artifact(digest, writer.size, str(blob or target))
         finally:
             tmp.unlink(missing_ok=True)
+
+    def _fetch(self, digest: str, target: Path) -> None:
+        """Copy an object-store blob into the local cache (complete or not at all)."""
+        blob = self._remote_blob(digest)
+        if blob is None or not blob.is_file():
+            where = self.remote or self.base
+            raise NotFoundError(f"Artifact sha256:{digest} is not in the store at {where}.")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{digest[:8]}-")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                for chunk in _chunks(blob):
+                    handle.write(chunk)
+            Path(name).chmod(0o444)
+            os.replace(name, target)
+        finally:
+            Path(name).unlink(missing_ok=True)
 
     @staticmethod
     def _write(source: str | Path | bytes | bytearray | memoryview, writer: _HashingWriter) -> None:
@@ -243,6 +288,8 @@ class ArtifactStore:
         """
         value = check_digest(digest)
         target = self.path(value)
+        if self.remote is not None and not (target.is_file() and hash_file(target) == value):
+            self._fetch(value, target)  # a missing or damaged cached copy is fetched again
         if not target.is_file():
             raise NotFoundError(f"Artifact sha256:{value} is not in the store at {self.base}.")
         if verify:
@@ -260,6 +307,11 @@ class ArtifactStore:
         Raises:
             NotFoundError: No artifact with this digest.
         """
+        blob = self._remote_blob(digest)
+        if blob is not None:
+            if not blob.is_file():
+                raise NotFoundError(f"Artifact {digest} is not in the store at {self.remote}.")
+            return Artifact(check_digest(digest), blob.size(), blob.uri)
         target = self.path(digest)
         if not target.is_file():
             raise NotFoundError(f"Artifact {digest} is not in the store at {self.base}.")
@@ -308,5 +360,6 @@ __all__ = [
     "CorruptArtifactError",
     "check_digest",
     "hash_file",
+    "local_cache",
     "write_tree_tar",
 ]

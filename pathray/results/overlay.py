@@ -48,6 +48,7 @@ from pathray.slides.deepzoom import DeepZoomGrid
 
 if TYPE_CHECKING:
     from pathray.catalog import Catalog
+    from pathray.results.location import Location
     from pathray.results.store import ColdStore
 
 LayerKind = Literal["annotations", "run"]
@@ -432,10 +433,10 @@ def _annotation_objects(
 
 
 @lru_cache(maxsize=256)
-def _run_columns(uri: str) -> frozenset[str]:
+def _run_columns(uri: Location) -> frozenset[str]:
     import lance
 
-    return frozenset(lance.dataset(uri).schema.names)
+    return frozenset(lance.dataset(uri.uri, storage_options=uri.storage_options).schema.names)
 
 
 def run_provenance(
@@ -484,7 +485,7 @@ def _run_objects(
     label: str | None,
 ) -> tuple[_Objects, str]:
     provenance = run_provenance(catalog, layer.ref, slide_id, layer.unit)
-    names = _run_columns(str(store.uri(layer.ref, "objects")))
+    names = _run_columns(store.uri(layer.ref, "objects"))
     light = ["tile_id", "object_id", "bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1"]
     light += [c for c in ("centroid_x", "centroid_y", "label", "score") if c in names]
     table = store.query_region(layer.ref, slide_id, box, columns=light)

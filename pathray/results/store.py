@@ -1,6 +1,6 @@
 """The cold store: a run's results as Lance datasets, staged first, committed once.
 
-Layout under the cold root::
+Layout under the cold root (a folder, or an ``s3://bucket/prefix``)::
 
     staging/<run_id>/<digest>.objects.parquet   objects of one batch of tiles
     staging/<run_id>/<digest>.tiles.parquet     that batch's tile rows: written last, so a tile
@@ -21,7 +21,6 @@ Example:
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,37 +29,84 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pathray.errors import NotFoundError
+from pathray.results.location import Location, is_object_store
 
 KINDS = ("tiles", "objects")
 
 
-class ColdStore:
-    """Run results on a local path (or any path every Ray node sees).
+def _stem(frag: Location) -> str:
+    return frag.name.split(".")[0]
+
+
+def stage_batch(folder: Location, name: str, tiles: pa.Table, objects: pa.Table | None) -> None:
+    """Stage one batch of a run: its objects (if any), then its tile rows, which mark it done.
 
     Args:
-        root: The cold store's root folder.
+        folder: The run's staging folder (:meth:`ColdStore.staging`).
+        name: The batch's name (the same tiles must always get the same name, so a retried
+            batch overwrites its own files).
+        tiles: One row per tile of the batch (``slide_id``, ``tile_id``, ...).
+        objects: The batch's object rows, or None when the pipeline makes no objects.
+
+    Raises:
+        StorageError: If the store cannot be written.
+    """
+    if objects is not None:
+        (folder / f"{name}.objects.parquet").write_parquet(objects)
+    (folder / f"{name}.tiles.parquet").write_parquet(tiles)
+
+
+class ColdStore:
+    """Run results under a local path (one every Ray node sees) or an ``s3://`` prefix.
+
+    Args:
+        root: The cold store's root: a folder, or ``s3://bucket/prefix`` (reached as
+            :class:`~pathray.results.location.Location` says).
+
+    Raises:
+        ConfigError: If the root is a malformed URI.
     """
 
-    def __init__(self, root: str | Path) -> None:
-        self.root = Path(root)
+    def __init__(self, root: str | Path | Location) -> None:
+        self.location = root if isinstance(root, Location) else Location(root)
+        #: The root as given: a Path for a local store, the URI for an object store.
+        self.root: Path | str = (
+            self.location.uri if self.location.remote else Path(self.location.path)
+        )
 
-    def staging(self, run_id: str) -> Path:
+    @classmethod
+    def open(cls, root: str | Path) -> ColdStore:
+        """Open a cold store, checking first that an object store can be reached.
+
+        Raises:
+            ConfigError: If the root is a malformed URI.
+            StorageError: If the object store or its bucket cannot be reached.
+        """
+        store = cls(root)
+        if is_object_store(root):
+            store.location.check_reachable()
+        return store
+
+    def staging(self, run_id: str) -> Location:
         """The run's staging folder."""
-        return self.root / "staging" / run_id
+        return self.location / "staging" / run_id
 
-    def uri(self, run_id: str, kind: str) -> Path:
+    def uri(self, run_id: str, kind: str) -> Location:
         """Location of a run's committed dataset (``kind``: tiles or objects)."""
-        return self.root / "runs" / run_id / f"{kind}.lance"
+        return self.location / "runs" / run_id / f"{kind}.lance"
 
-    def _fragments(self, run_id: str, kind: str) -> list[Path]:
-        folder = self.staging(run_id)
-        return sorted(folder.glob(f"*.{kind}.parquet")) if folder.exists() else []
+    def _fragments(self, run_id: str, kind: str) -> list[Location]:
+        return self.staging(run_id).files(f".{kind}.parquet")
+
+    def stage(self, run_id: str, name: str, tiles: pa.Table, objects: pa.Table | None) -> None:
+        """Stage one batch of a run (see :func:`stage_batch`)."""
+        stage_batch(self.staging(run_id), name, tiles, objects)
 
     def done_tiles(self, run_id: str) -> set[tuple[int, int]]:
         """``(slide_id, tile_id)`` of every tile whose results are staged."""
         done: set[tuple[int, int]] = set()
         for frag in self._fragments(run_id, "tiles"):
-            table = pq.read_table(frag, columns=["slide_id", "tile_id"])
+            table = frag.read_parquet(columns=["slide_id", "tile_id"])
             done.update(
                 zip(table["slide_id"].to_pylist(), table["tile_id"].to_pylist(), strict=True)
             )
@@ -69,22 +115,23 @@ class ColdStore:
     def _owners(self, run_id: str) -> dict[tuple[int, int], str]:
         owners: dict[tuple[int, int], str] = {}
         for frag in self._fragments(run_id, "tiles"):
-            table = pq.read_table(frag, columns=["slide_id", "tile_id"])
-            stem = frag.name.split(".")[0]
+            table = frag.read_parquet(columns=["slide_id", "tile_id"])
             for key in zip(
                 table["slide_id"].to_pylist(), table["tile_id"].to_pylist(), strict=True
             ):
-                owners.setdefault(key, stem)
+                owners.setdefault(key, _stem(frag))
         return owners
 
     def _owned_batches(
-        self, run_id: str, kind: str, owners: dict[tuple[int, int], str], schema: pa.Schema
+        self,
+        frags: list[Location],
+        owners: dict[tuple[int, int], str],
+        schema: pa.Schema,
     ) -> Iterator[pa.RecordBatch]:
-        for frag in self._fragments(run_id, kind):
-            stem = frag.name.split(".")[0]
-            table = pq.read_table(frag)
+        for frag in frags:
+            table = frag.read_parquet()
             keys = zip(table["slide_id"].to_pylist(), table["tile_id"].to_pylist(), strict=True)
-            mine = pa.array([owners.get(key) == stem for key in keys], pa.bool_())
+            mine = pa.array([owners.get(key) == _stem(frag) for key in keys], pa.bool_())
             table = table.filter(mine)
             if table.num_rows:
                 yield from table.cast(schema).to_batches()
@@ -97,28 +144,41 @@ class ColdStore:
 
         Returns:
             Row counts per slide: ``{slide_id: {"tiles": n, "objects": m}}``.
+
+        Raises:
+            StorageError: If the store cannot be read or written; what was committed before
+                stays as it was, and finalizing again later commits the same rows.
         """
         owners = self._owners(run_id)
         counts: dict[int, dict[str, int]] = {}
         for kind in KINDS:
             stems = set(owners.values())
-            frags = [f for f in self._fragments(run_id, kind) if f.name.split(".")[0] in stems]
+            frags = [f for f in self._fragments(run_id, kind) if _stem(f) in stems]
             if not frags:
                 continue
-            schema = pa.unify_schemas([pq.read_schema(f) for f in frags])
+            schema = pa.unify_schemas([f.read_schema() for f in frags])
             reader = pa.RecordBatchReader.from_batches(
-                schema, self._owned_batches(run_id, kind, owners, schema)
+                schema, self._owned_batches(frags, owners, schema)
             )
             uri = self.uri(run_id, kind)
-            uri.parent.mkdir(parents=True, exist_ok=True)
-            dataset = lance.write_dataset(reader, str(uri), schema=schema, mode="overwrite")
-            if dataset.count_rows():
-                dataset.create_scalar_index("slide_id", index_type="BTREE", replace=True)
-            per_slide = (
-                dataset.to_table(columns=["slide_id"])
-                .group_by("slide_id")
-                .aggregate([("slide_id", "count")])
-            )
+            uri.parent.makedirs()
+            try:
+                dataset = lance.write_dataset(
+                    reader,
+                    uri.uri,
+                    schema=schema,
+                    mode="overwrite",
+                    storage_options=uri.storage_options,
+                )
+                if dataset.count_rows():
+                    dataset.create_scalar_index("slide_id", index_type="BTREE", replace=True)
+                per_slide = (
+                    dataset.to_table(columns=["slide_id"])
+                    .group_by("slide_id")
+                    .aggregate([("slide_id", "count")])
+                )
+            except (OSError, ValueError) as exc:  # Lance reports I/O failures as ValueError
+                raise uri.error("commit", exc) from exc
             for slide, n in zip(
                 per_slide["slide_id"].to_pylist(),
                 per_slide["slide_id_count"].to_pylist(),
@@ -129,7 +189,7 @@ class ColdStore:
 
     def discard_staging(self, run_id: str) -> None:
         """Delete a committed run's staging folder."""
-        shutil.rmtree(self.staging(run_id), ignore_errors=True)
+        self.staging(run_id).remove_tree()
 
     def dataset(self, run_id: str, kind: str = "objects") -> lance.LanceDataset:
         """Open a run's committed dataset.
@@ -138,9 +198,12 @@ class ColdStore:
             NotFoundError: If the run has no committed results of that kind.
         """
         uri = self.uri(run_id, kind)
-        if not uri.exists():
+        if not (uri / "_versions").exists():
             raise NotFoundError(f"Run {run_id!r} has no committed {kind} results.")
-        return lance.dataset(str(uri))
+        try:
+            return lance.dataset(uri.uri, storage_options=uri.storage_options)
+        except (OSError, ValueError) as exc:
+            raise uri.error("open", exc) from exc
 
     def read(
         self,
@@ -179,7 +242,7 @@ class ColdStore:
         out.mkdir(parents=True, exist_ok=True)
         written = []
         for kind in KINDS:
-            if not self.uri(run_id, kind).exists():
+            if not (self.uri(run_id, kind) / "_versions").exists():
                 continue
             dataset = self.dataset(run_id, kind)
             path = out / f"{run_id}.{kind}.parquet"
@@ -190,4 +253,4 @@ class ColdStore:
         return written
 
 
-__all__ = ["KINDS", "ColdStore"]
+__all__ = ["KINDS", "ColdStore", "stage_batch"]

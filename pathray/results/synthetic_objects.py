@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import shapely
 
 if TYPE_CHECKING:
@@ -123,18 +122,15 @@ def write_objects_run(
     run_id = catalog.create_run(
         pipeline_name="synthetic-objects", pipeline_version="1", image_set=image_set
     )
-    staging = store.staging(run_id)
-    staging.mkdir(parents=True, exist_ok=True)
     for k, (slide_id, (width, height)) in enumerate(sorted(slides.items())):
         table = synthetic_objects(slide_id, width, height, count, seed=seed + k)
-        pq.write_table(table, staging / f"{k:04d}.objects.parquet")
         tiles = pa.table(
             {
                 "slide_id": pa.array(np.full(len(np.unique(table["tile_id"])), slide_id, np.int64)),
                 "tile_id": pa.array(np.unique(table["tile_id"].to_numpy())),
             }
         )
-        pq.write_table(tiles, staging / f"{k:04d}.tiles.parquet")
+        store.stage(run_id, f"{k:04d}", tiles, table)
     counts = store.finalize(run_id)
     store.discard_staging(run_id)
     for slide_id, rows in counts.items():

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from pathray.catalog import Catalog
 from pathray.catalog.records import Slide
-from pathray.errors import PathRayError, SlideError
+from pathray.errors import ConfigError, PathRayError, SlideError
 from pathray.slides.probe import checksum, find_slides, probe_slide
 
 
@@ -66,7 +66,19 @@ def register_slides(
 
     Returns:
         What registered and what was rejected, with reasons.
+
+    Raises:
+        ConfigError: If the source or the store's root is an object-store URI (slides are read
+            from a local path, or one every node sees).
     """
+    for where in (source, store_root):
+        if where is not None and "://" in str(where):
+            raise ConfigError(
+                "Slides must be registered from a local path (or one every Ray node sees); "
+                f"slide stores on an object store are not supported yet. Got {str(where)!r} "
+                "instead. Copy the slides to a shared folder, or mount the bucket, and register "
+                "that path."
+            )
     source = Path(source)
     if not source.exists():
         raise SlideError(source, "does not exist")

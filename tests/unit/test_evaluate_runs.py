@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import shapely
 from shapely.geometry import box
@@ -66,8 +65,6 @@ def build_world(catalog: Catalog, store: ColdStore) -> dict[str, Any]:
 def make_run(catalog: Catalog, store: ColdStore, per_slide: dict[int, list[Obj]]) -> str:
     """A run of set 'set' whose objects are staged and committed through the real cold store."""
     run_id = catalog.create_run(pipeline_name="nuclei", pipeline_version="1", image_set="set")
-    folder = store.staging(run_id)
-    folder.mkdir(parents=True)
     rows = [(s, g, lbl, p) for s, objs in per_slide.items() for g, lbl, p in objs]
     objects = pa.table({
         "slide_id": pa.array([r[0] for r in rows], pa.int64()),
@@ -80,8 +77,7 @@ def make_run(catalog: Catalog, store: ColdStore, per_slide: dict[int, list[Obj]]
         "slide_id": pa.array(list(per_slide), pa.int64()),
         "tile_id": pa.array([0] * len(per_slide), pa.int64()),
     })  # fmt: skip
-    pq.write_table(objects, folder / "b0.objects.parquet")
-    pq.write_table(tiles, folder / "b0.tiles.parquet")
+    store.stage(run_id, "b0", tiles, objects)
     store.finalize(run_id)
     return run_id
 
