@@ -64,6 +64,14 @@ EVAL_TILES: dict[str, tuple[int, ...]] = {
     "dsb-hematoxylin": (1, 4, 7),
     "cryonuseg": (1,),
 }
+#: Held-out MoNuSeg tiles (one per organ and patient: lung, breast, kidney, prostate); the
+#: other nine are training tiles. ``benchmarks/nuclei_monuseg.py`` scores models on these.
+MONUSEG_EVAL_TILES: tuple[str, ...] = (
+    "TCGA-21-5786-01Z-00-DX1",
+    "TCGA-AR-A1AS-01Z-00-DX1",
+    "TCGA-B0-5710-01Z-00-DX1",
+    "TCGA-G9-6362-01Z-00-DX1",
+)
 #: Where the shipped model lives.
 DEFAULT_FOLDER = Path(__file__).parent / "weights" / "nuclei_default"
 
