@@ -107,11 +107,15 @@ def split_tiles(sets: Mapping[str, RealTiles], *, held_out: bool) -> dict[str, R
     return out
 
 
-def training_data(sets: Mapping[str, RealTiles]) -> tuple[list[np.ndarray], list[np.ndarray], Any]:
-    """Tiles, labels and per-tile sampling weights (each set equally likely) at WORK_MPP.
+def training_data(
+    sets: Mapping[str, RealTiles], set_weights: Mapping[str, float] | None = None
+) -> tuple[list[np.ndarray], list[np.ndarray], Any]:
+    """Tiles, labels and per-tile sampling weights at WORK_MPP.
 
     Args:
         sets: Named tile sets at their own resolutions.
+        set_weights: Relative chance of drawing each set (1 for a set not named): every set
+            equally likely by default, whatever its number of tiles.
 
     Returns:
         ``(images, labels, sample_weight)`` for ``NucleusUNet.fit``.
@@ -119,11 +123,12 @@ def training_data(sets: Mapping[str, RealTiles]) -> tuple[list[np.ndarray], list
     images: list[np.ndarray] = []
     labels: list[np.ndarray] = []
     weights: list[float] = []
-    for tiles in sets.values():
+    for name, tiles in sets.items():
         at_work = resample_tiles(tiles, WORK_MPP)
         images += at_work.images
         labels += at_work.instance_labels
-        weights += [1.0 / len(at_work.images)] * len(at_work.images)
+        share = (set_weights or {}).get(name, 1.0)
+        weights += [share / len(at_work.images)] * len(at_work.images)
     return images, labels, np.asarray(weights) / np.sum(weights)
 
 
@@ -133,6 +138,7 @@ def train(
     config: Mapping[str, Any] | None = None,
     threads: int = 1,
     warm_start: Any = None,
+    set_weights: Mapping[str, float] | None = None,
 ) -> Any:
     """Train a NucleusUNet on named tile sets with the default hyper-parameters.
 
@@ -141,6 +147,7 @@ def train(
         config: Overrides of :data:`DEFAULT_CONFIG`.
         threads: Torch CPU threads (one: on a busy machine two are slower than one).
         warm_start: A fitted NucleusUNet to continue from (a second training stage).
+        set_weights: Relative chance of drawing each set (see :func:`training_data`).
 
     Returns:
         The fitted unit.
@@ -150,7 +157,7 @@ def train(
     from pipelines.nuclei.unet import NucleusUNet
 
     torch.set_num_threads(threads)
-    images, labels, weights = training_data(sets)
+    images, labels, weights = training_data(sets, set_weights)
     unit = NucleusUNet({**DEFAULT_CONFIG, **(config or {})})
     return unit.fit(images, labels, sample_weight=weights, warm_start=warm_start)
 
