@@ -230,7 +230,11 @@ def cryonuseg_tiles(root: str | Path | None = None) -> RealTiles:
     return out
 
 
-def monuseg_tiles(root: str | Path | None = None, names: Sequence[str] | None = None) -> RealTiles:
+def monuseg_tiles(
+    root: str | Path | None = None,
+    names: Sequence[str] | None = None,
+    exclude: Sequence[str] = (),
+) -> RealTiles:
     """The MoNuSeg 2018 training tiles with their outlines as instance label images.
 
     Each ``<id>.xml`` (Aperio ImageScope, one region per nucleus, tile pixels) is read with
@@ -243,6 +247,7 @@ def monuseg_tiles(root: str | Path | None = None, names: Sequence[str] | None = 
     Args:
         root: The shared data folder (default :func:`shared_data_root`).
         names: Tile ids to load (default: every tile of the folder).
+        exclude: Tile ids to leave out (held-out tiles).
 
     Returns:
         The :class:`RealTiles` (:data:`MONUSEG_MPP`), sorted by tile id.
@@ -261,6 +266,7 @@ def monuseg_tiles(root: str | Path | None = None, names: Sequence[str] | None = 
     if not folder.is_dir():
         raise NotFoundError(f"No MoNuSeg tiles at {folder}.")
     ids = sorted(p.stem for p in folder.glob("*.tif")) if names is None else sorted(names)
+    ids = [tile_id for tile_id in ids if tile_id not in set(exclude)]
     out = RealTiles([], [], [], [])
     for tile_id in ids:
         if not (folder / f"{tile_id}.tif").is_file():
@@ -278,7 +284,7 @@ def monuseg_tiles(root: str | Path | None = None, names: Sequence[str] | None = 
 
 def _drop_degenerate_regions(path: Path) -> bytes:
     """An ImageScope XML file without its regions of fewer than three vertices."""
-    import xml.etree.ElementTree as ET  # noqa: N817
+    import xml.etree.ElementTree as ET
 
     tree = ET.parse(path)
     for regions in tree.getroot().iter("Regions"):
