@@ -8,6 +8,8 @@
 - :func:`cryonuseg_tiles`: the two partly outlined CryoNuSeg crops; pixels outside the outlined
   area (the nuclei dilated by 2 um) are labelled ``-1``, "unknown", which the U-Net's loss and
   the benchmarks ignore.
+- :func:`monuseg_tiles`: the MoNuSeg 2018 training tiles (40x H&E, several organs) with their
+  ImageScope XML outlines painted into instance label images.
 - :func:`resample_tiles`: real tiles resampled to one resolution (labels by nearest neighbour).
 - :func:`nucleus_table`: the feature columns of :class:`~pipelines.nuclei.units.NucleusFeatures`
   measured on reference instances, with their classes (training set of the object classifier).
@@ -47,6 +49,8 @@ from pipelines.nuclei.augment import stain_jitter as stain_jitter
 DSB_MPP = {680: 0.13, 348: 0.26}
 #: Resolution of the CryoNuSeg crops (40x).
 CRYO_MPP = 0.25
+#: Resolution of the MoNuSeg tiles (40x; the files declare none).
+MONUSEG_MPP = 0.25
 #: Margin around the outlined CryoNuSeg nuclei inside which the outlines are taken as complete.
 CRYO_MARGIN_UM = 2.0
 #: Feature columns of ``NucleusFeatures`` (the object classifier's inputs).
@@ -224,6 +228,70 @@ def cryonuseg_tiles(root: str | Path | None = None) -> RealTiles:
         out.mpp.append(CRYO_MPP)
         out.names.append(tile.name)
     return out
+
+
+def monuseg_tiles(
+    root: str | Path | None = None,
+    names: Sequence[str] | None = None,
+    exclude: Sequence[str] = (),
+) -> RealTiles:
+    """The MoNuSeg 2018 training tiles with their outlines as instance label images.
+
+    Each ``<id>.xml`` (Aperio ImageScope, one region per nucleus, tile pixels) is read with
+    :func:`pathray.formats.imagescope.parse_imagescope` and painted with
+    :func:`pathray.formats.masks.rasterize` (pixel-centre rule; a later outline wins where two
+    overlap). Regions of fewer than three vertices (one in ``TCGA-50-5931``: no area, which
+    the reader rightly refuses as a polygon) are dropped first; self-intersecting outlines are
+    repaired by the reader.
+
+    Args:
+        root: The shared data folder (default :func:`shared_data_root`).
+        names: Tile ids to load (default: every tile of the folder).
+        exclude: Tile ids to leave out (held-out tiles).
+
+    Returns:
+        The :class:`RealTiles` (:data:`MONUSEG_MPP`), sorted by tile id.
+
+    Raises:
+        NotFoundError: If the folder or a named tile is missing.
+    """
+    import warnings
+
+    from PIL import Image
+
+    from pathray.formats.imagescope import parse_imagescope
+    from pathray.formats.masks import rasterize
+
+    folder = Path(root or shared_data_root()) / "nuclei" / "monuseg-train"
+    if not folder.is_dir():
+        raise NotFoundError(f"No MoNuSeg tiles at {folder}.")
+    ids = sorted(p.stem for p in folder.glob("*.tif")) if names is None else sorted(names)
+    ids = [tile_id for tile_id in ids if tile_id not in set(exclude)]
+    out = RealTiles([], [], [], [])
+    for tile_id in ids:
+        if not (folder / f"{tile_id}.tif").is_file():
+            raise NotFoundError(f"MoNuSeg tile {tile_id!r} must be in {folder}. It is missing.")
+        image = np.asarray(Image.open(folder / f"{tile_id}.tif").convert("RGB"))
+        with warnings.catch_warnings():  # the repaired-outline warning, once per file
+            warnings.simplefilter("ignore")
+            records = parse_imagescope(_drop_degenerate_regions(folder / f"{tile_id}.xml"))
+        out.images.append(image)
+        out.instance_labels.append(rasterize(records, image.shape[:2]))
+        out.mpp.append(MONUSEG_MPP)
+        out.names.append(tile_id)
+    return out
+
+
+def _drop_degenerate_regions(path: Path) -> bytes:
+    """An ImageScope XML file without its regions of fewer than three vertices."""
+    import xml.etree.ElementTree as ET
+
+    tree = ET.parse(path)
+    for regions in tree.getroot().iter("Regions"):
+        for region in list(regions.findall("Region")):
+            if len(region.findall("./Vertices/Vertex")) < 3:
+                regions.remove(region)
+    return ET.tostring(tree.getroot())
 
 
 def resample_tiles(tiles: RealTiles, mpp: float) -> RealTiles:

@@ -1,19 +1,21 @@
 """The nucleus model shipped with PathRay, registered on first use.
 
-The ``nuclei`` preset's segmentation node names ``nuclei-default@champion``. The model's folder
-is part of the repository (``pipelines/nuclei/weights/nuclei_default``, trained by
+The ``nuclei`` preset's segmentation node names ``nuclei-default@champion``. The model folders
+are part of the repository (``pipelines/nuclei/weights``, trained by
 :mod:`pipelines.nuclei.train_default`); nothing is downloaded. When the engine resolves that
 reference on a catalog that does not know the model yet, it asks the node's unit
 (:meth:`~pipelines.nuclei.unet.NucleusUNet.install_bundled_model`), which calls
-:func:`install`: the folder goes into the content-addressed artifact store and the catalog gets
-the model, version 1 (with the training record and the held-out figures of the folder's
-metadata) and the alias ``champion``. Installing twice changes nothing.
+:func:`install`: every folder of :data:`SHIPPED_VERSIONS` goes into the content-addressed
+artifact store and the catalog gets the model's versions in order (with their training
+records and held-out figures, so that the compare views show what each version changed) and
+the alias ``champion`` on the newest. A catalog that holds the older versions only gets the
+newer ones, and the alias moves to the newest; installing twice changes nothing.
 
 Example:
     >>> install(catalog, cold_root, MODEL_NAME)  # doctest: +SKIP
     True
     >>> catalog.get_model_version(MODEL_NAME, ALIAS).version  # doctest: +SKIP
-    1
+    2
 """
 
 from __future__ import annotations
@@ -25,13 +27,29 @@ from pathray.catalog import Catalog
 from pathray.errors import NotFoundError
 from pathray.results.artifacts import ArtifactStore
 from pathray.units.trainable import read_metadata
-from pipelines.nuclei.train_default import DEFAULT_FOLDER
+from pipelines.nuclei.train_default import DEFAULT_FOLDER, PREVIOUS_FOLDER
 
 #: Registry name of the shipped model, and the alias the preset loads.
 MODEL_NAME = "nuclei-default"
 ALIAS = "champion"
 #: Reference the ``nuclei`` preset uses.
 REFERENCE = f"{MODEL_NAME}@{ALIAS}"
+#: Held-out figures of the first shipped model (its folder predates them and stays
+#: byte-identical so that catalogs that registered it recognise it): the four held-out
+#: MoNuSeg tiles of ``benchmarks/nuclei_monuseg.py``, pooled.
+PREVIOUS_METRICS: dict[str, float] = {
+    "monuseg_f1": 0.431,
+    "monuseg_pq": 0.306,
+    "monuseg_aji": 0.274,
+    "monuseg_precision": 0.541,
+    "monuseg_recall": 0.358,
+}
+#: The shipped versions, oldest first: folder and the metrics to record when its metadata
+#: has none.
+SHIPPED_VERSIONS: tuple[tuple[Path, dict[str, float]], ...] = (
+    (PREVIOUS_FOLDER, PREVIOUS_METRICS),
+    (DEFAULT_FOLDER, {}),
+)
 
 
 def install(
@@ -39,29 +57,29 @@ def install(
     cold_root: str | Path,
     name: str = MODEL_NAME,
     *,
-    folder: Path = DEFAULT_FOLDER,
+    versions: tuple[tuple[Path, dict[str, float]], ...] = SHIPPED_VERSIONS,
     actor: str = "system",
 ) -> bool:
-    """Register the shipped model (artifact, model, version, alias) unless it is there.
+    """Register the shipped model's versions (artifacts, model, versions, alias) unless there.
 
     Args:
         catalog: The catalog to register it in.
-        cold_root: Root of the cold store that keeps the artifact.
+        cold_root: Root of the cold store that keeps the artifacts.
         name: The model asked for; only :data:`MODEL_NAME` is shipped.
-        folder: The model folder.
+        versions: The model folders, oldest first, with fallback metrics.
         actor: Who registers it, for the audit log.
 
     Returns:
         Whether ``name`` is the shipped model (now registered).
 
     Raises:
-        NotFoundError: If the shipped folder is missing from the installation.
+        NotFoundError: If a shipped folder is missing from the installation.
     """
     if name != MODEL_NAME:
         return False
-    if not (folder / "model.pt").is_file():
-        raise NotFoundError(f"The shipped nucleus model must be at {folder}. It is missing.")
-    artifact = ArtifactStore(cold_root).put(folder)
+    for folder, _ in versions:
+        if not (folder / "model.pt").is_file():
+            raise NotFoundError(f"The shipped nucleus model must be at {folder}. It is missing.")
     catalog.register_model(
         MODEL_NAME,
         "torch",
@@ -69,22 +87,30 @@ def install(
         description="U-Net (nucleus and border maps, then watershed) shipped with PathRay.",
         actor=actor,
     )
-    versions = catalog.list_model_versions(MODEL_NAME)
-    same = [v for v in versions if v.artifact_digest == artifact.digest]
-    if same:
-        version = same[0].version
-    else:
+    store = ArtifactStore(cold_root)
+    added = False
+    newest = 0
+    for folder, fallback_metrics in versions:
+        artifact = store.put(folder)
+        known = catalog.list_model_versions(MODEL_NAME)
+        same = [v.version for v in known if v.artifact_digest == artifact.digest]
+        if same:
+            newest = same[0]
+            continue
         meta = read_metadata(folder)
-        version = catalog.add_model_version(
+        newest = catalog.add_model_version(
             MODEL_NAME,
             artifact=artifact,
             training_run=_training_record(meta),
-            metrics=meta.get("training", {}).get("metrics", {}),
+            metrics=meta.get("training", {}).get("metrics") or fallback_metrics,
+            parent_version=newest or None,
             resources={"cpus": 1.0, "gpus": 0.0},
             created_by=actor,
         ).version
-    if not any(ALIAS in v.aliases for v in versions):
-        catalog.set_alias(MODEL_NAME, ALIAS, version, actor=actor)
+        added = True
+    known = catalog.list_model_versions(MODEL_NAME)
+    if added or not any(ALIAS in v.aliases for v in known):
+        catalog.set_alias(MODEL_NAME, ALIAS, newest, actor=actor)
     return True
 
 
@@ -96,5 +122,7 @@ def _training_record(meta: dict[str, Any]) -> dict[str, Any]:
         "seed": meta.get("config", {}).get("seed"),
         "tiles": training.get("tiles"),
         "seconds": training.get("seconds"),
-        "data": "shared/data/nuclei training tiles (EVAL_TILES held out) + synthetic tiles",
+        "data": training.get(
+            "data", "shared/data/nuclei training tiles (EVAL_TILES held out) + synthetic tiles"
+        ),
     }
