@@ -50,3 +50,7 @@ class SlideError(PathRayError):
         self.path = str(path)
         self.reason = reason
         super().__init__(f"{self.path}: {reason}")
+
+
+class CatalogUnavailableError(PathRayError):
+    """The catalog database could not be reached (connection lost or refused) in time."""
