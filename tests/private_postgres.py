@@ -30,7 +30,8 @@ def _bin(name: str) -> str:
     return path
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A loopback TCP port free right now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -46,13 +47,13 @@ class PrivatePostgres:
 
     def __init__(self) -> None:
         self.folder = Path(tempfile.mkdtemp(prefix="pathray-pg-"))
-        self.port = _free_port()
+        self.port = free_port()
         self._as_postgres = os.geteuid() == 0
         if self._as_postgres:
             user = pwd.getpwnam("postgres")
             os.chown(self.folder, user.pw_uid, user.pw_gid)
-        self._run(_bin("initdb"), "-D", str(self.data), "-U", "postgres", "-A", "trust",
-                  "-E", "UTF8", "--no-sync")  # fmt: skip
+        initdb = [_bin("initdb"), "-D", str(self.data), "-U", "postgres", "-A", "trust"]
+        self._run(*initdb, "-E", "UTF8", "--no-sync")
 
     @property
     def data(self) -> Path:
@@ -70,19 +71,21 @@ class PrivatePostgres:
         if done.returncode:
             raise RuntimeError(f"{' '.join(argv[:2])} failed: {done.stderr or done.stdout}")
 
+    def _pg_ctl(self, *args: str) -> None:
+        self._run(_bin("pg_ctl"), "-D", str(self.data), *args)
+
     def start(self) -> None:
         """Start the server and wait until it accepts connections."""
         options = (
             f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 -c fsync=off "
             "-c max_connections=50"
         )
-        self._run(_bin("pg_ctl"), "-D", str(self.data), "-o", options,
-                  "-l", str(self.folder / "server.log"), "-w", "-t", str(PG_CTL_WAIT_S), "start")  # fmt: skip
+        log = str(self.folder / "server.log")
+        self._pg_ctl("-o", options, "-l", log, "-w", "-t", str(PG_CTL_WAIT_S), "start")
 
     def stop(self) -> None:
         """Stop the server the way an operator's restart does (``-m fast``: sessions cut)."""
-        self._run(_bin("pg_ctl"), "-D", str(self.data), "-m", "fast", "-w",
-                  "-t", str(PG_CTL_WAIT_S), "stop")  # fmt: skip
+        self._pg_ctl("-m", "fast", "-w", "-t", str(PG_CTL_WAIT_S), "stop")
 
     def running(self) -> bool:
         """Whether the server's postmaster is up."""
@@ -92,6 +95,6 @@ class PrivatePostgres:
         """Stop the server if it runs and delete its folder."""
         try:
             if self.running():
-                self._run(_bin("pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop")
+                self._pg_ctl("-m", "immediate", "-w", "stop")
         finally:
             shutil.rmtree(self.folder, ignore_errors=True)
