@@ -60,9 +60,9 @@ def is_connection_loss(exc: BaseException) -> bool:
         return False
     if exc.connection_invalidated:
         return True
-    if not isinstance(exc, OperationalError) or not hasattr(exc.orig, "sqlstate"):
+    state = getattr(exc.orig, "sqlstate", "")  # PostgreSQL (psycopg) errors only
+    if not isinstance(exc, OperationalError) or state == "":
         return False
-    state = exc.orig.sqlstate
     return state is None or state.startswith("08") or state in _SERVER_GONE
 
 
