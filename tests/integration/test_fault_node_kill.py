@@ -20,7 +20,8 @@ import pytest
 import ray
 
 from pathray.catalog import Catalog
-from pathray.engine.runner import run_pipeline
+from pathray.engine.cluster import ensure_ray
+from pathray.engine.runner import RunResult, run_pipeline
 from pathray.pipeline.spec import PipelineSpec
 from pathray.results.store import ColdStore
 from tests.faults import (
@@ -79,29 +80,20 @@ def cluster() -> Iterator[Any]:
             nodes.shutdown()
 
 
-class NodeKiller(threading.Thread):
-    """Kill the worker node once tiles are staged, then add a replacement node."""
+class RunThread(threading.Thread):
+    """Drive the run off the main thread: Ray starts nodes only from the main thread."""
 
-    def __init__(self, nodes: Any, store: ColdStore) -> None:
+    def __init__(self, catalog: Catalog, store: ColdStore) -> None:
         super().__init__(daemon=True)
-        self.nodes, self.store = nodes, store
-        self.killed_node = ""
-        self.units_on_it: set[str] = set()
-        self.staged_at_kill = 0
+        self.catalog, self.store = catalog, store
+        self.result: RunResult | None = None
         self.error: BaseException | None = None
 
     def run(self) -> None:
-        """Wait for staged tiles; kill the worker; start its replacement."""
+        """Run the fault pipeline on the connected cluster."""
         try:
-            wait_for_staged(self.store, lambda: True)
-            (worker,) = self.nodes.worker_nodes
-            self.killed_node = worker.node_id
-            self.units_on_it = _unit_nodes()
-            (run_dir,) = (self.store.root / "staging").iterdir()
-            self.staged_at_kill = len(self.store.done_tiles(run_dir.name))
-            self.nodes.remove_node(worker, allow_graceful=False)
-            time.sleep(1.0)  # the cluster notices the loss before help arrives
-            self.nodes.add_node(**NODE_ARGS, num_cpus=2)
+            spec = PipelineSpec.from_yaml(SPEC)
+            self.result = run_pipeline(self.catalog, self.store, spec, IMAGE_SET)
         except BaseException as exc:  # reported by the test
             self.error = exc
 
@@ -113,20 +105,26 @@ def test_run_survives_the_loss_of_the_node_running_its_model(
     store = ColdStore(tmp_path / "cold")
     with Catalog.open(f"sqlite:///{tmp_path / 'catalog.db'}") as catalog:
         register(catalog, fault_slide)
-        killer = NodeKiller(cluster, store)
-        killer.start()
-        try:
-            result = run_pipeline(
-                catalog, store, PipelineSpec.from_yaml(SPEC), IMAGE_SET, ray_address=cluster.address
-            )
-        finally:
-            killer.join(timeout=300)
-        assert killer.error is None, killer.error
+        ensure_ray(cluster.address)
+        runner = RunThread(catalog, store)
+        runner.start()
+        wait_for_staged(store, runner.is_alive)
+        (worker,) = cluster.worker_nodes
+        units_on_it = _unit_nodes()
+        (run_dir,) = (store.root / "staging").iterdir()
+        staged_at_kill = len(store.done_tiles(run_dir.name))
+        cluster.remove_node(worker, allow_graceful=False)  # raylet and workers, no grace
+        time.sleep(1.0)  # the cluster notices the loss before help arrives
+        cluster.add_node(**NODE_ARGS, num_cpus=2)
+        runner.join(timeout=480)
+        assert not runner.is_alive(), "the run did not recover from the node's loss"
+        assert runner.error is None, runner.error
         # the model's actors ran on the killed node (the head has no CPU), mid-run
-        assert killer.units_on_it == {killer.killed_node}
-        assert 0 < killer.staged_at_kill < fault_reference["tiles"].num_rows
+        assert units_on_it == {worker.node_id}
+        assert 0 < staged_at_kill < fault_reference["tiles"].num_rows
         alive = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
-        assert killer.killed_node not in alive and len(alive) == 2
-        assert result.status == "succeeded"
+        assert worker.node_id not in alive and len(alive) == 2
+        result = runner.result
+        assert result is not None and result.status == "succeeded"
         assert_same_rows(committed_rows(store, result.run_id), fault_reference)
         assert_locations_agree(catalog, store, result.run_id)
