@@ -10,8 +10,34 @@ node sees or at an object store (``s3://bucket/prefix``, reached as
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
+
+from pathray.errors import ConfigError
+
+#: An S3 bucket name (3-63 lowercase letters, digits, dots or hyphens).
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
+
+
+def parse_s3_uri(uri: str) -> tuple[str, str]:
+    """Split ``s3://bucket/prefix`` into the bucket and the prefix (without slashes around).
+
+    Raises:
+        ConfigError: If the URI is not ``s3://`` or its bucket name is missing or invalid.
+    """
+    scheme, _, rest = uri.partition("://")
+    if scheme != "s3":
+        raise ConfigError(
+            f"A cold store must be a local path or an s3://bucket/prefix URI. Got {uri!r} instead."
+        )
+    bucket, _, prefix = rest.partition("/")
+    if not _BUCKET.match(bucket):
+        raise ConfigError(
+            "An s3:// URI must name a bucket (3-63 lowercase letters, digits, dots or hyphens), "
+            f"as in s3://bucket/prefix. Got {uri!r} instead."
+        )
+    return bucket, prefix.strip("/")
 
 
 @dataclass(frozen=True)
@@ -49,8 +75,6 @@ class Settings:
         cold_env = os.environ.get("PATHRAY_COLD") or str(root / "cold")
         cold: Path | str = cold_env
         if "://" in cold_env:
-            from pathray.results.location import parse_s3_uri  # pyarrow: only when needed
-
             parse_s3_uri(cold_env)  # refuses a malformed URI before anything uses it
         else:
             cold = Path(cold_env).expanduser().resolve()

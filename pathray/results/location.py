@@ -34,6 +34,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from pathray.config import parse_s3_uri
 from pathray.errors import ConfigError, StorageError
 
 #: Seconds to wait for a connection / a whole request to the object store, and the attempts
@@ -41,8 +42,6 @@ from pathray.errors import ConfigError, StorageError
 CONNECT_TIMEOUT_S = 3
 REQUEST_TIMEOUT_S = 30
 ATTEMPTS = 3
-
-_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
 
 
 @dataclass(frozen=True)
@@ -134,26 +133,6 @@ def s3_filesystem(options: S3Options) -> pafs.S3FileSystem:
 def is_object_store(uri: str | Path) -> bool:
     """Whether a location names an object store (``scheme://``) rather than a local path."""
     return "://" in str(uri)
-
-
-def parse_s3_uri(uri: str) -> tuple[str, str]:
-    """Split ``s3://bucket/prefix`` into the bucket and the prefix (without slashes around).
-
-    Raises:
-        ConfigError: If the URI is not ``s3://`` or its bucket name is missing or invalid.
-    """
-    scheme, _, rest = uri.partition("://")
-    if scheme != "s3":
-        raise ConfigError(
-            f"A cold store must be a local path or an s3://bucket/prefix URI. Got {uri!r} instead."
-        )
-    bucket, _, prefix = rest.partition("/")
-    if not _BUCKET.match(bucket):
-        raise ConfigError(
-            "An s3:// URI must name a bucket (3-63 lowercase letters, digits, dots or hyphens), "
-            f"as in s3://bucket/prefix. Got {uri!r} instead."
-        )
-    return bucket, prefix.strip("/")
 
 
 class Location:
