@@ -218,7 +218,7 @@ def run_demo(
             f"Dice {agreement['dice']:.3f}"
         )
     console.print(_locations_table(catalog, store, results, settings))
-    prepare_search(catalog, store, "real-wsi", console=console)
+    prepare_search(catalog, store, "real-wsi" if real else "synthetic", console=console)
     return results
 
 
@@ -229,9 +229,11 @@ def prepare_search(catalog: Catalog, store: ColdStore, image_set: str, *, consol
     with console.status(f"embedding the tiles of {image_set} for similarity search..."):
         run_pipeline(catalog, store, load_preset("embed"), image_set, requester="demo")
         (report,) = SearchService(catalog, store.root).build(image_set)
+    first = catalog.slides_in_set(image_set)[0]
+    stem = first.name.split(".")[0]
     console.print(
         f"similarity search: {report.rows} tiles of {image_set} indexed ({report.key}); try "
-        "`pathray search --like OS-1-detail:300,300`"
+        f"`pathray search --like {stem}:{first.width // 2},{first.height // 2}`"
     )
     return report
 
