@@ -63,10 +63,21 @@ def _object_classifier_source(folder: Path) -> Path:
     return write_object_classifier(folder, tiles=2)
 
 
+def _segmenter_source(folder: Path) -> Path:
+    """The example nucleus segmenter exported to ONNX, reading the suite's 128 px tiles."""
+    from pathray.models.examples import nucleus_net, save_onnx, segmentation_card
+
+    model = save_onnx(nucleus_net(), folder / "nuclei.onnx", TILE)
+    card = segmentation_card("onnx", model.name, size=TILE, mpp=MPP)
+    (folder / "card.json").write_text(json.dumps(card))
+    return folder
+
+
 #: Units that run a registered model -> a builder of the source folder to register.
 MODEL_SOURCES = {
     "tile_classifier": _tile_classifier_source,
     "object_classifier": _object_classifier_source,
+    "segmenter": _segmenter_source,
 }
 
 
