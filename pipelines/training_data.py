@@ -354,7 +354,9 @@ def write_object_classifier(
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     data = synthetic_tiles(tiles, size, mpp=0.5, seed=seed)
-    columns, names = nucleus_table(*data, mpp=0.5)
+    columns, names = nucleus_table(
+        list(data.images), list(data.instance_labels), data.class_labels, mpp=0.5
+    )
     classes, codes = np.unique(names.astype(str), return_inverse=True)
     matrix = np.column_stack([columns[name] for name in FEATURE_COLUMNS])
     booster = xgb.train(

@@ -67,6 +67,7 @@ def nucleus_net(threshold: float = 0.5, gain: float = 20.0) -> Any:
     from torch import nn
 
     conv = nn.Conv2d(3, 2, 1)
+    assert conv.bias is not None  # Conv2d has one unless bias=False
     with torch.no_grad():
         conv.weight[:] = torch.tensor([[gain / 3] * 3, [-gain / 3] * 3]).reshape(2, 3, 1, 1)
         conv.bias[:] = torch.tensor([-gain * threshold, gain * threshold])

@@ -64,7 +64,9 @@ def test_objects_get_the_boosters_probabilities_and_labels(
     unit = ObjectClassifier({"batch_size": 3}, {"model": _folder(catalog, tmp_path, source)})
     rng = np.random.default_rng(0)
     n = 7
-    batch = {name: rng.uniform(0.1, 60, n).astype(np.float32) for name in FEATURE_COLUMNS}
+    batch: dict[str, np.ndarray] = {
+        name: rng.uniform(0.1, 60, n).astype(np.float32) for name in FEATURE_COLUMNS
+    }
     batch["centroid_x"] = batch["centroid_y"] = np.zeros(n)
     out = unit(batch)
     card = json.loads((source / "card.json").read_text())
