@@ -393,3 +393,54 @@ def example_model(
     data = synthetic_tiles(tiles, size, mpp=0.5, seed=seed)
     unit.fit(*unit.training_set(*data, mpp=0.5)).save(folder)
     return unit.get_params(), {"model": str(folder)}
+
+
+def write_object_classifier(
+    folder: str | Path, *, seed: int = 0, tiles: int = 3, size: int = 96, fmt: str = "json"
+) -> Path:
+    """Train an XGBoost nucleus classifier on synthetic nuclei; write it with its card.
+
+    The booster learns the classes of the synthetic slide's nuclei from the
+    :data:`FEATURE_COLUMNS` that ``nucleus_features`` writes, and is saved with
+    ``save_model`` (``model.json`` or ``model.ubj``) beside a ``card.json`` naming those
+    columns: a folder ``pathray models register`` takes as it is.
+
+    Args:
+        folder: Where to write ``model.<fmt>`` and ``card.json``.
+        seed: Seed of the data and of the booster.
+        tiles: Synthetic tiles (at 0.5 um/px) to learn from.
+        size: Their edge in pixels.
+        fmt: ``"json"`` or ``"ubj"``.
+
+    Returns:
+        The folder.
+    """
+    import json
+
+    import xgboost as xgb
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    data = synthetic_tiles(tiles, size, mpp=0.5, seed=seed)
+    columns, names = nucleus_table(
+        list(data.images), list(data.instance_labels), data.class_labels, mpp=0.5
+    )
+    classes, codes = np.unique(names.astype(str), return_inverse=True)
+    matrix = np.column_stack([columns[name] for name in FEATURE_COLUMNS])
+    booster = xgb.train(
+        {"objective": "multi:softprob", "num_class": len(classes), "max_depth": 3, "seed": seed},
+        xgb.DMatrix(matrix, label=codes),
+        num_boost_round=5,
+    )
+    booster.save_model(str(folder / f"model.{fmt}"))
+    card = {
+        "task": "object_classification",
+        "format": f"xgboost_{fmt}",
+        "file": f"model.{fmt}",
+        "features": list(FEATURE_COLUMNS),
+        "class_names": classes.tolist(),
+        "outputs": ["probabilities"],
+        "source": "pipelines.training_data.write_object_classifier (synthetic nuclei)",
+    }
+    (folder / "card.json").write_text(json.dumps(card, indent=2))
+    return folder

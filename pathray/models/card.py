@@ -94,6 +94,8 @@ class ModelCard(_Strict):
         normalisation: Per-channel ``mean`` and ``std`` (pixels in ``[0, 1]``), if any.
         class_names: Names of the classes, in output order.
         outputs: Names of the model's outputs (e.g. ``["probabilities"]``).
+        features: Object columns a feature model (skops, XGBoost) reads, in its column order
+            (e.g. ``["area_um2", "solidity"]``, as ``nucleus_features`` writes them).
         resources: CPUs, GPU share and memory one copy needs.
         precision: Arithmetic the model may run in (``float32`` always works).
         container_image: Image to run it in, if any.
@@ -109,6 +111,7 @@ class ModelCard(_Strict):
     normalisation: Normalisation | None = None
     class_names: list[str] = Field(default_factory=list)
     outputs: list[str] = Field(default_factory=list)
+    features: list[str] = Field(default_factory=list)
     resources: CardResources = Field(default_factory=CardResources)
     precision: list[Precision] = Field(default_factory=lambda: list(_FLOAT32), min_length=1)
     container_image: str | None = None
@@ -123,6 +126,8 @@ class ModelCard(_Strict):
             raise ValueError(f"input_size must be positive. Got {self.input_size} instead.")
         if len(set(self.class_names)) != len(self.class_names):
             raise ValueError(f"class_names must be unique. Got {self.class_names} instead.")
+        if len(set(self.features)) != len(self.features):
+            raise ValueError(f"features must be unique. Got {self.features} instead.")
         return self
 
     def to_json(self) -> dict[str, Any]:

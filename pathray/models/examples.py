@@ -57,6 +57,23 @@ def flat_net(size: int, classes: int = len(CLASSES), seed: int = 0) -> Any:
     return nn.Sequential(nn.Flatten(), nn.Linear(3 * size * size, classes)).eval()
 
 
+def nucleus_net(threshold: float = 0.5, gain: float = 20.0) -> Any:
+    """A fixed semantic segmenter: logits of ``background`` and ``nucleus`` per pixel.
+
+    A pixel is nucleus when its mean intensity (pixels in ``[0, 1]``) is under ``threshold``:
+    haematoxylin-dark nuclei on paler cytoplasm. One 1x1 convolution, no training.
+    """
+    import torch
+    from torch import nn
+
+    conv = nn.Conv2d(3, 2, 1)
+    assert conv.bias is not None  # Conv2d has one unless bias=False
+    with torch.no_grad():
+        conv.weight[:] = torch.tensor([[gain / 3] * 3, [-gain / 3] * 3]).reshape(2, 3, 1, 1)
+        conv.bias[:] = torch.tensor([-gain * threshold, gain * threshold])
+    return conv.eval()
+
+
 def save_torchscript(module: Any, path: str | Path, size: int) -> Path:
     """Trace a module on one ``size`` x ``size`` image and save it as TorchScript."""
     import torch
@@ -146,6 +163,21 @@ def tile_card(fmt: str, file: str, size: int = 32, mpp: float = 1.0) -> dict[str
     }
 
 
+def segmentation_card(fmt: str, file: str, size: int = 256, mpp: float = 0.5) -> dict[str, Any]:
+    """A native card for :func:`nucleus_net` (semantic segmentation, logits)."""
+    return {
+        "task": "semantic_segmentation",
+        "format": fmt,
+        "file": file,
+        "input_size": [size, size],
+        "mpp": mpp,
+        "class_names": ["background", "nucleus"],
+        "outputs": ["logits"],
+        "licence": "CC0-1.0",
+        "source": "pathray.models.examples",
+    }
+
+
 def _features(seed: int) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(60, 4)).astype(np.float32)
@@ -194,8 +226,10 @@ __all__ = [
     "STD",
     "feature_card",
     "flat_net",
+    "nucleus_net",
     "save_onnx",
     "save_torchscript",
+    "segmentation_card",
     "tile_card",
     "tile_net",
     "write_skops",

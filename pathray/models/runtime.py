@@ -223,12 +223,19 @@ def check_against_card(predictor: Predictor) -> None:
     """Run one row of zeros through the model and check the output against the card.
 
     Raises:
-        ModelFileError: The model fails on the card's input size, or its class dimension
-            differs from the number of class names.
+        ModelFileError: The model fails on the card's input size, its class dimension
+            differs from the number of class names, or a feature model reads another number
+            of columns than the card's ``features``.
         ConfigError: An image model's card has no input size.
     """
     card = predictor.card
     sample = predictor.sample_input()
+    features = len(card.features)
+    if features and not card.input_size and sample.shape[1] != features:
+        raise ModelFileError(
+            f"Model {card.file} must read one column per card feature ({features}: "
+            f"{card.features}). It reads {sample.shape[1]} instead."
+        )
     try:
         out = predictor.predict(sample)
     except Exception as exc:  # whatever the runtime raises, the cause is the shape

@@ -145,7 +145,7 @@ class TileClassifier(Unit):
             x = np.stack([self._model_input(np.asarray(image)) for image in chunk])
             scores.append(np.asarray(self.predictor.predict(x), np.float32).reshape(len(x), -1))
         raw = np.concatenate(scores)
-        probabilities = raw if self.card.outputs[:1] == ["probabilities"] else _softmax(raw)
+        probabilities = raw if self.card.outputs[:1] == ["probabilities"] else softmax(raw)
         best = probabilities.argmax(axis=1).astype(np.int32)
         return {
             "tile_probabilities": probabilities.astype(np.float32),
@@ -165,11 +165,11 @@ def _centre(image: np.ndarray, height: int, width: int) -> np.ndarray:
     return out
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax, in float64 so each row sums to 1 within float32 rounding."""
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Softmax over axis 1 (the classes), in float64 so each sums to 1 within float32 rounding."""
     shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True, initial=-np.inf)
     exp = np.exp(shifted)
     return exp / exp.sum(axis=1, keepdims=True)
 
 
-__all__ = ["TileClassifier", "TileClassifierConfig", "check_tile_card"]
+__all__ = ["TileClassifier", "TileClassifierConfig", "check_tile_card", "softmax"]

@@ -56,8 +56,29 @@ def _tile_classifier_source(folder: Path) -> Path:
     return write_wsinfer_folder(folder, patch=64, size=32, spacing=0.5)
 
 
+def _object_classifier_source(folder: Path) -> Path:
+    """A tiny XGBoost JSON nucleus classifier reading the ``nucleus_features`` columns."""
+    from pipelines.training_data import write_object_classifier
+
+    return write_object_classifier(folder, tiles=2)
+
+
+def _segmenter_source(folder: Path) -> Path:
+    """The example nucleus segmenter exported to ONNX, reading the suite's 128 px tiles."""
+    from pathray.models.examples import nucleus_net, save_onnx, segmentation_card
+
+    model = save_onnx(nucleus_net(), folder / "nuclei.onnx", TILE)
+    card = segmentation_card("onnx", model.name, size=TILE, mpp=MPP)
+    (folder / "card.json").write_text(json.dumps(card))
+    return folder
+
+
 #: Units that run a registered model -> a builder of the source folder to register.
-MODEL_SOURCES = {"tile_classifier": _tile_classifier_source}
+MODEL_SOURCES = {
+    "tile_classifier": _tile_classifier_source,
+    "object_classifier": _object_classifier_source,
+    "segmenter": _segmenter_source,
+}
 
 
 def _registered_model(name: str, folder: Path) -> dict[str, str]:
