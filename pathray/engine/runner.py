@@ -70,6 +70,8 @@ class RunResult:
         problems: Slides skipped, with the reason.
         seconds: Wall time of the run.
         tiles_processed: Tiles processed by this call (fewer than planned on a resume).
+        tiles_reused: Tiles found already staged when this call began (a resume), which it
+            kept instead of processing again.
         phases: Seconds spent in each phase of this call: ``plan`` (models, Ray, tiles),
             ``first_batch`` (from the plan to the first batch out: actor start, model load),
             ``stream`` (the remaining batches) and ``commit``; also kept in the run's
@@ -82,6 +84,7 @@ class RunResult:
     problems: dict[int, str] = field(default_factory=dict)
     seconds: float = 0.0
     tiles_processed: int = 0
+    tiles_reused: int = 0
     phases: dict[str, float] = field(default_factory=dict)
 
 
@@ -543,6 +546,7 @@ def execute_run(
                 problems=plan.problems,
                 seconds=time.perf_counter() - start,
                 tiles_processed=processed,
+                tiles_reused=tracker.base,
                 phases=tracker.phases,
             )
         counts = store.finalize(run_id)
@@ -576,6 +580,7 @@ def execute_run(
         problems=plan.problems,
         seconds=time.perf_counter() - start,
         tiles_processed=processed,
+        tiles_reused=tracker.base,
         phases=tracker.phases,
     )
 

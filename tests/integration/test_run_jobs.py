@@ -82,7 +82,8 @@ def test_cancel_stops_a_running_run_and_resume_completes_it(
     env: tuple[Catalog, ColdStore],
 ) -> None:
     catalog, store = env
-    spec = PipelineSpec.from_yaml(SPEC.format(delay=0.2))
+    # 11 batches of 3 s on at most two actors: the run is still going when the cancel lands
+    spec = PipelineSpec.from_yaml(SPEC.format(delay=3))
     run_id = submit_run(catalog, store, spec, "ki67", requester="alice")
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:  # wait until some tiles are done
@@ -104,8 +105,10 @@ def test_cancel_stops_a_running_run_and_resume_completes_it(
     assert staged > 0  # kept for the resume
     resumed = run_pipeline(catalog, store, resume=run_id)
     assert resumed.status == "succeeded"
-    assert resumed.tiles_processed + staged == run.progress["tiles_total"]
-    clean = run_pipeline(catalog, store, spec, "ki67")
+    # a batch in flight at the cancel may be staged after it; the resume keeps that one too
+    assert resumed.tiles_reused >= staged
+    assert resumed.tiles_processed + resumed.tiles_reused == run.progress["tiles_total"]
+    clean = run_pipeline(catalog, store, PipelineSpec.from_yaml(SPEC.format(delay=0)), "ki67")
     assert _sorted(store.read(run_id)).equals(_sorted(store.read(clean.run_id)))
 
 
