@@ -240,9 +240,8 @@ def monuseg_tiles(
     Each ``<id>.xml`` (Aperio ImageScope, one region per nucleus, tile pixels) is read with
     :func:`pathray.formats.imagescope.parse_imagescope` and painted with
     :func:`pathray.formats.masks.rasterize` (pixel-centre rule; a later outline wins where two
-    overlap). Regions of fewer than three vertices (one in ``TCGA-50-5931``: no area, which
-    the reader rightly refuses as a polygon) are dropped first; self-intersecting outlines are
-    repaired by the reader.
+    overlap). The reader skips regions of fewer than three vertices (a few files hold one: no
+    area) and repairs self-intersecting outlines.
 
     Args:
         root: The shared data folder (default :func:`shared_data_root`).
@@ -259,7 +258,7 @@ def monuseg_tiles(
 
     from PIL import Image
 
-    from pathray.formats.imagescope import parse_imagescope
+    from pathray.formats.imagescope import read_imagescope
     from pathray.formats.masks import rasterize
 
     folder = Path(root or shared_data_root()) / "nuclei" / "monuseg-train"
@@ -274,24 +273,12 @@ def monuseg_tiles(
         image = np.asarray(Image.open(folder / f"{tile_id}.tif").convert("RGB"))
         with warnings.catch_warnings():  # the repaired-outline warning, once per file
             warnings.simplefilter("ignore")
-            records = parse_imagescope(_drop_degenerate_regions(folder / f"{tile_id}.xml"))
+            records = read_imagescope(folder / f"{tile_id}.xml")
         out.images.append(image)
         out.instance_labels.append(rasterize(records, image.shape[:2]))
         out.mpp.append(MONUSEG_MPP)
         out.names.append(tile_id)
     return out
-
-
-def _drop_degenerate_regions(path: Path) -> bytes:
-    """An ImageScope XML file without its regions of fewer than three vertices."""
-    import xml.etree.ElementTree as ET
-
-    tree = ET.parse(path)
-    for regions in tree.getroot().iter("Regions"):
-        for region in list(regions.findall("Region")):
-            if len(region.findall("./Vertices/Vertex")) < 3:
-                regions.remove(region)
-    return ET.tostring(tree.getroot())
 
 
 def resample_tiles(tiles: RealTiles, mpp: float) -> RealTiles:

@@ -77,7 +77,8 @@ def read_imagescope(path: PathLikeStr) -> list[AnnotationRecord]:
 
     Raises:
         FormatError: Missing or empty file, not XML, wrong root element, a region without
-            vertices, or a vertex lacking a numeric X or Y.
+            vertices, or a vertex lacking a numeric X or Y. A free-form region of one or two
+            distinct vertices encloses nothing: it is skipped with one FormatWarning per file.
 
     Example:
         >>> nuclei = read_imagescope("TCGA-18-5592-01Z-00-DX1.xml")  # doctest: +SKIP
@@ -94,9 +95,20 @@ def parse_imagescope(data: bytes | str, source: str = "<imagescope>") -> list[An
         )
     records: list[AnnotationRecord] = []
     repaired: list[str] = []
+    skipped: list[str] = []
     for ann in doc.root.findall("Annotation"):
-        records.extend(_read_annotation(doc, ann, repaired))
+        records.extend(_read_annotation(doc, ann, repaired, skipped))
     warn_repaired(source, repaired)
+    if skipped:
+        # ImageScope saves a stray click or two as a free-form region; it encloses nothing,
+        # and refusing the whole file for it would lose every real outline beside it.
+        first = skipped[0].removeprefix(f"{source}: ")
+        warnings.warn(
+            f"{source}: {len(skipped)} free-form region(s) of fewer than 3 distinct vertices "
+            f"skipped (they enclose no area), e.g. {first}.",
+            FormatWarning,
+            stacklevel=2,
+        )
     return records
 
 
@@ -123,7 +135,9 @@ def _bgr_to_hex(doc: XmlDoc, elem: ET.Element) -> str | None:
     return rgb_to_hex(v & 255, (v >> 8) & 255, (v >> 16) & 255)
 
 
-def _read_annotation(doc: XmlDoc, ann: ET.Element, repaired: list[str]) -> list[AnnotationRecord]:
+def _read_annotation(
+    doc: XmlDoc, ann: ET.Element, repaired: list[str], skipped: list[str]
+) -> list[AnnotationRecord]:
     layer = (ann.get("Name") or "").strip()
     color = _bgr_to_hex(doc, ann)
     fallback = _first_value(ann.find("Attributes")) or layer or None
@@ -131,7 +145,11 @@ def _read_annotation(doc: XmlDoc, ann: ET.Element, repaired: list[str]) -> list[
     negatives: list[tuple[Polygon, str]] = []
     for region in ann.iter("Region"):
         where = doc.where(region)
-        geom = check_geometry(_region_geometry(doc, region), where, repaired)
+        raw = _region_geometry(doc, region)
+        if raw is None:
+            skipped.append(where)
+            continue
+        geom = check_geometry(raw, where, repaired)
         if region.get("NegativeROI", "0").strip() == "1":
             negatives.extend((p, where) for p in polygonal_parts(geom))
             continue
@@ -171,7 +189,8 @@ def _read_annotation(doc: XmlDoc, ann: ET.Element, repaired: list[str]) -> list[
     return out
 
 
-def _region_geometry(doc: XmlDoc, region: ET.Element) -> BaseGeometry:
+def _region_geometry(doc: XmlDoc, region: ET.Element) -> BaseGeometry | None:
+    """The region's geometry; None for a free-form region of fewer than 3 distinct vertices."""
     where = doc.where(region)
     vertices = region.find("Vertices")
     verts = [] if vertices is None else vertices.findall("Vertex")
@@ -198,6 +217,9 @@ def _region_geometry(doc: XmlDoc, region: ET.Element) -> BaseGeometry:
         if len(xy) < 2:
             raise FormatError(f"{where}: a line needs 2 vertices. Got {len(xy)} instead.")
         return LineString(xy)
+    distinct = xy[:-1] if len(xy) > 1 and xy[0] == xy[-1] else xy
+    if len(distinct) < 3:
+        return None
     return polygon_from_points(xy, where)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import shapely
@@ -216,3 +217,26 @@ def test_export_round_trip_keeps_holes_labels_and_colours():
     assert isinstance(back[1].geometry, LineString)
     with pytest.raises(FormatError, match="cannot hold a Point"):
         write_imagescope([AnnotationRecord(Point(1, 1), "x")])
+
+
+def test_region_of_two_vertices_is_skipped_with_one_warning_and_the_rest_kept():
+    xml = MONUSEG_LIKE.replace(
+        '<Vertex X="21.5" Y="2"/><Vertex X="29" Y="2.25"/><Vertex X="25" Y="8"/>',
+        '<Vertex X="21.5" Y="2"/><Vertex X="29" Y="2.25"/><Vertex X="21.5" Y="2"/>',
+    )
+    with pytest.warns(FormatWarning, match=r"1 free-form region\(s\) of fewer than 3 distinct"):
+        recs = parse_imagescope(xml, source="two.xml")
+    assert len(recs) == 1 and recs[0].geometry.area > 0
+
+
+def test_every_real_monuseg_outline_file_reads():
+    from tests.helpers import SHARED
+
+    files = sorted((SHARED / "nuclei" / "monuseg-train").glob("*.xml"))
+    assert len(files) == 13, f"the 13 MoNuSeg training files must be in {SHARED}"
+    counts = {}
+    for path in files:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FormatWarning)  # repaired self-intersections
+            counts[path.stem] = len(read_imagescope(path))
+    assert min(counts.values()) > 100, counts  # hundreds of nuclei per 1000 px tile
