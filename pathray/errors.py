@@ -58,3 +58,7 @@ class SlideError(PathRayError):
 
 class ModelFileError(PathRayError):
     """A model file is missing, corrupt, in an unsafe format, or contradicts its model card."""
+
+
+class CatalogUnavailableError(PathRayError):
+    """The catalog database could not be reached (connection lost or refused) in time."""

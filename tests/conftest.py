@@ -304,3 +304,57 @@ def s3_proxy(s3_server: str) -> Iterator[S3Proxy]:
 
 
 # ========================================================================= end of object-store
+
+
+# fault fixtures (owner: tests/faults.py, the engine's fault tests)
+#
+#   fault_slide      the synthetic H&E slide of the fault tests (written once per session)
+#   fault_reference  the committed rows of a clean run of tests.faults.SPEC on it (local Ray,
+#                    SQLite; computed once per session)
+#   private_pg       a private PostgreSQL server (tests/private_postgres.py) that the test may
+#                    stop and start; never the shared one. Destroyed afterwards.
+# =============================================================================================
+
+
+@pytest.fixture(scope="session")
+def fault_slide(tmp_path_factory: pytest.TempPathFactory):
+    """Path of the fault tests' synthetic slide."""
+    from tests.faults import make_slide
+
+    return make_slide(tmp_path_factory.mktemp("fault-slide"))
+
+
+@pytest.fixture(scope="session")
+def fault_reference(fault_slide, tmp_path_factory: pytest.TempPathFactory):
+    """Committed rows (per kind) of a clean run of the fault pipeline."""
+    from pathray.catalog import Catalog
+    from pathray.engine.cluster import ensure_ray
+    from pathray.engine.runner import run_pipeline
+    from pathray.pipeline.spec import PipelineSpec
+    from pathray.results.store import ColdStore
+    from tests.faults import IMAGE_SET, SPEC, committed_rows, register
+
+    home = tmp_path_factory.mktemp("fault-reference")
+    store = ColdStore(home / "cold")
+    with Catalog.open(f"sqlite:///{home / 'catalog.db'}") as catalog:
+        register(catalog, fault_slide)
+        ensure_ray(num_cpus=2)
+        result = run_pipeline(catalog, store, PipelineSpec.from_yaml(SPEC), IMAGE_SET)
+        assert result.status == "succeeded"
+    return committed_rows(store, result.run_id)
+
+
+@pytest.fixture
+def private_pg():
+    """A running private PostgreSQL server, destroyed after the test."""
+    from tests.private_postgres import PrivatePostgres
+
+    server = PrivatePostgres()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.destroy()
+
+
+# =========================================================================== end of faults

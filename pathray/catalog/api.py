@@ -50,7 +50,14 @@ class Catalog(
     """
 
     @classmethod
-    def open(cls, url: str | None = None, *, migrate: bool = True, **engine_kwargs: Any) -> Catalog:
+    def open(
+        cls,
+        url: str | None = None,
+        *,
+        migrate: bool = True,
+        wait_s: float | None = None,
+        **engine_kwargs: Any,
+    ) -> Catalog:
         """Connect to a catalog database and upgrade its schema to the newest revision.
 
         Args:
@@ -58,6 +65,8 @@ class Catalog(
                 default ``Settings.from_env().catalog_url`` (``PATHRAY_CATALOG_URL`` or the
                 SQLite file under ``PATHRAY_HOME``).
             migrate: Apply pending migrations (on by default).
+            wait_s: Seconds each transaction waits for an unreachable database (default:
+                ``PATHRAY_CATALOG_WAIT_S`` or 60).
             **engine_kwargs: Passed to :func:`sqlalchemy.create_engine`.
 
         Returns:
@@ -70,7 +79,7 @@ class Catalog(
         except BaseException:
             engine.dispose()
             raise
-        return cls(engine)
+        return cls(engine, wait_s)
 
     def close(self) -> None:
         """Release the database connections. The catalog must not be used afterwards."""
@@ -88,11 +97,11 @@ class Catalog(
         self.close()
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_reopen, (self.url,))
+        return (_reopen, (self.url, self.wait_s))
 
     def __repr__(self) -> str:
         return f"Catalog({self._engine.url.render_as_string(hide_password=True)!r})"
 
 
-def _reopen(url: str) -> Catalog:
-    return Catalog.open(url, migrate=False)
+def _reopen(url: str, wait_s: float | None = None) -> Catalog:
+    return Catalog.open(url, migrate=False, wait_s=wait_s)

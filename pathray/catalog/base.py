@@ -7,11 +7,12 @@ that :class:`pathray.catalog.api.Catalog` combines.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Connection, Engine, func, select
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -25,6 +26,7 @@ from pathray.catalog.models import (
     SlideStoreRow,
     UserRow,
 )
+from pathray.catalog.retry import backoff, default_wait_s, is_connection_loss, unavailable
 from pathray.catalog.triggers import APPEND_ONLY_MARKER, PROTECTED_MARKER
 from pathray.errors import ConfigError, ConflictError, NotFoundError, PathRayError, ProtectedError
 
@@ -83,11 +85,14 @@ class CatalogBase:
 
     Args:
         engine: Engine of a database already migrated to head.
+        wait_s: Seconds a transaction waits for an unreachable database before it gives up
+            (default: ``PATHRAY_CATALOG_WAIT_S`` or 60).
     """
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, wait_s: float | None = None) -> None:
         self._engine = engine
         self._sessions = sessionmaker(engine, expire_on_commit=False)
+        self.wait_s = default_wait_s() if wait_s is None else float(wait_s)
 
     @property
     def engine(self) -> Engine:
@@ -103,24 +108,52 @@ class CatalogBase:
     def transaction(self) -> Iterator[Session]:
         """Open a session in one transaction: commit on success, roll back on any error.
 
-        Database errors raised by the catalog's rules are re-raised as PathRay errors
-        (:class:`ProtectedError` for protection and the audit log, :class:`ConflictError`
-        for other integrity violations).
+        The transaction first waits up to :attr:`wait_s` seconds for a connection, so a
+        database that restarts meanwhile is waited for rather than failed on. Database errors
+        raised by the catalog's rules are re-raised as PathRay errors (:class:`ProtectedError`
+        for protection and the audit log, :class:`ConflictError` for other integrity
+        violations), a connection lost on the way as :class:`CatalogUnavailableError` (see
+        :func:`pathray.catalog.retry.retry_call` to re-run an idempotent call).
 
         Yields:
             The session; objects loaded in it stay usable (not expired) after the commit.
+
+        Raises:
+            CatalogUnavailableError: No connection within :attr:`wait_s` seconds, or the
+                connection was lost inside the transaction (rolled back, or, if lost during
+                COMMIT, possibly committed).
         """
-        session = self._sessions()
+        connection = self._connect()
+        session = self._sessions(bind=connection)
         try:
             with session.begin():
                 yield session
         except DBAPIError as exc:
+            if is_connection_loss(exc):
+                raise unavailable(exc, 0.0) from exc
             translated = translate_error(exc)
             if translated is None:
                 raise
             raise translated from exc
         finally:
             session.close()
+            connection.close()
+
+    def _connect(self) -> Connection:
+        """Check out a live connection, waiting up to :attr:`wait_s` for the database."""
+        start = time.monotonic()
+        attempt = 0
+        while True:
+            try:
+                return self._engine.connect()  # the pool pings a reused PostgreSQL connection
+            except DBAPIError as exc:
+                waited = time.monotonic() - start
+                if not is_connection_loss(exc) or waited >= self.wait_s:
+                    if is_connection_loss(exc):
+                        raise unavailable(exc, waited) from exc
+                    raise
+            time.sleep(min(backoff(attempt), max(0.0, self.wait_s - waited)))
+            attempt += 1
 
     # -- audit -----------------------------------------------------------------------------
 

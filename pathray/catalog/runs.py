@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
 
 from pathray.catalog.base import CatalogBase, json_safe
 from pathray.catalog.models import (
@@ -249,34 +250,91 @@ class RunsMixin(CatalogBase):
             NotFoundError: The run or slide does not exist.
             ConfigError: Unknown kind or negative row count.
         """
-        self._check_choice("kind", kind, RESULT_KINDS)
-        if row_count < 0:
-            raise ConfigError(f"row_count must be >= 0. Got {row_count} instead.")
-        values = {
-            "run_id": run_id,
-            "slide_id": slide_id,
-            "unit_name": unit_name,
-            "unit_version": str(unit_version),
-            "kind": kind,
-            "uri": uri,
-            "row_count": int(row_count),
-            "created_at": utcnow(),
-        }
         with self.transaction() as session:
             self._run_row(session, run_id)
-            self._slide_row(session, slide_id)
-            dialect = session.get_bind().dialect.name
-            upsert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-            stmt = upsert(ResultLocationRow).values(**values)
-            changes = {key: stmt.excluded[key] for key in ("uri", "row_count", "created_at")}
-            returning = stmt.on_conflict_do_update(
-                index_elements=list(_RESULT_KEY), set_=changes
-            ).returning(ResultLocationRow.id)
-            location_id = session.execute(returning).scalar_one()
-            details = {k: values[k] for k in (*_RESULT_KEY, "uri", "row_count") if k != "run_id"}
-            self._audit(session, actor, "record_result_location", "run", run_id, details)
-            row = session.get_one(ResultLocationRow, location_id, populate_existing=True)
-            return ResultLocation.from_row(row)
+            values = {
+                "slide_id": slide_id,
+                "unit_name": unit_name,
+                "unit_version": unit_version,
+                "kind": kind,
+                "uri": uri,
+                "row_count": row_count,
+            }
+            return self._upsert_location(session, run_id, values, actor)
+
+    def _upsert_location(
+        self, session: Session, run_id: str, location: Mapping[str, Any], actor: str
+    ) -> ResultLocation:
+        """Insert or replace one result location of a run (checked, audited) in ``session``."""
+        self._check_choice("kind", location["kind"], RESULT_KINDS)
+        if location["row_count"] < 0:
+            raise ConfigError(f"row_count must be >= 0. Got {location['row_count']} instead.")
+        values = {
+            "run_id": run_id,
+            "slide_id": int(location["slide_id"]),
+            "unit_name": str(location["unit_name"]),
+            "unit_version": str(location["unit_version"]),
+            "kind": location["kind"],
+            "uri": str(location["uri"]),
+            "row_count": int(location["row_count"]),
+            "created_at": utcnow(),
+        }
+        self._slide_row(session, values["slide_id"])
+        dialect = session.get_bind().dialect.name
+        upsert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        stmt = upsert(ResultLocationRow).values(**values)
+        changes = {key: stmt.excluded[key] for key in ("uri", "row_count", "created_at")}
+        returning = stmt.on_conflict_do_update(
+            index_elements=list(_RESULT_KEY), set_=changes
+        ).returning(ResultLocationRow.id)
+        location_id = session.execute(returning).scalar_one()
+        details = {k: values[k] for k in (*_RESULT_KEY, "uri", "row_count") if k != "run_id"}
+        self._audit(session, actor, "record_result_location", "run", run_id, details)
+        row = session.get_one(ResultLocationRow, location_id, populate_existing=True)
+        return ResultLocation.from_row(row)
+
+    def complete_run(
+        self,
+        run_id: str,
+        locations: Sequence[Mapping[str, Any]],
+        progress: Mapping[str, Any],
+        *,
+        actor: str = "system",
+    ) -> Run:
+        """Record a run's result locations and mark it succeeded, all in one transaction.
+
+        Either every location and the ``succeeded`` status are stored or nothing is, so a
+        catalog lost during the commit never leaves a half-recorded run. Completing a
+        completed run again stores the same locations (safe to retry).
+
+        Args:
+            run_id: The run.
+            locations: One mapping per location, with the keyword arguments of
+                :meth:`record_result_location` (``slide_id``, ``unit_name``, ``unit_version``,
+                ``kind``, ``uri``, ``row_count``).
+            progress: The run's final progress document.
+            actor: Who asks, for the audit log.
+
+        Returns:
+            The succeeded run.
+
+        Raises:
+            NotFoundError: The run or a slide does not exist (nothing is stored).
+            ConfigError: A location has an unknown kind or a negative row count.
+        """
+        with self.transaction() as session:
+            row = self._run_row(session, run_id)
+            for location in locations:
+                self._upsert_location(session, run_id, location, actor)
+            if row.status != "succeeded":
+                now = utcnow()
+                document = json_safe(dict(progress))
+                details = {"status": [row.status, "succeeded"], "progress": document}
+                row.status, row.finished_at, row.progress = "succeeded", now, document
+                row.started_at = row.started_at or now
+                self._audit(session, actor, "update", "run", run_id, details)
+            session.flush()
+            return Run.from_row(row, self._image_set_name(session, row.image_set_id) or "")
 
     def result_locations(
         self,

@@ -27,6 +27,7 @@ import ray
 
 from pathray import __version__
 from pathray.catalog import Catalog
+from pathray.catalog.retry import retrying
 from pathray.engine.cluster import (
     cluster_cpus,
     cluster_gpus,
@@ -39,7 +40,7 @@ from pathray.engine.models import ResolvedModel, resolve_models
 from pathray.engine.monitor import RunMonitor, monitor_name
 from pathray.engine.plan import Plan, plan_run
 from pathray.engine.stages import UnitStage
-from pathray.errors import ConfigError, ResourceError
+from pathray.errors import CatalogUnavailableError, ConfigError, ResourceError
 from pathray.pipeline.resources import node_resources
 from pathray.pipeline.spec import PipelineSpec, UnitSpec
 from pathray.results.location import Location
@@ -477,6 +478,13 @@ def execute_run(
     Reports per-unit progress into the run's progress document and forwards the units' log
     records to the run's events.
 
+    A catalog database that goes away meanwhile (a PostgreSQL restart) is waited for, up to
+    the catalog's ``wait_s``, at every catalog call; the stream goes on staging results
+    meanwhile. The results are committed in one catalog transaction (every location and the
+    ``succeeded`` status, or nothing), after the Lance datasets are written: a run whose catalog
+    stays away longer fails with :class:`~pathray.errors.CatalogUnavailableError`, keeps its
+    staged results and can be resumed.
+
     Args:
         catalog: The hot catalog.
         store: The cold store.
@@ -488,6 +496,7 @@ def execute_run(
         The run's result.
     """
     start = time.perf_counter()
+    catalog = retrying(catalog)
     run = catalog.get_run(run_id)
     if run.cancel_requested_at is not None:
         if not run.finished:
@@ -550,25 +559,22 @@ def execute_run(
                 phases=tracker.phases,
             )
         counts = store.finalize(run_id)
-        _record_locations(catalog, store, run_id, order, spec, counts)
         tracker.phase("commit")
         n_objects = sum(c.get("objects", 0) for c in counts.values())
         tracker.event(
             f"succeeded: {total} tiles, {n_objects} objects in {time.perf_counter() - start:.1f} s"
         )
-        catalog.update_run(
+        catalog.complete_run(
             run_id,
-            status="succeeded",
+            _locations(store, run_id, order, spec, counts),
             progress={**tracker.document(), "skipped_slides": plan.problems},
         )
         store.discard_staging(run_id)
     except KeyboardInterrupt:
-        catalog.update_run(run_id, status="cancelled", error="interrupted")
+        _record_end(catalog, run_id, "cancelled", "interrupted")
         raise
     except Exception as exc:
-        message = f"{type(exc).__name__}: {exc}"
-        catalog.add_run_events(run_id, [{"level": "error", "message": f"failed: {message}"}])
-        catalog.update_run(run_id, status="failed", error=message)
+        _record_end(catalog, run_id, "failed", f"{type(exc).__name__}: {exc}")
         raise
     finally:
         if monitor is not None:
@@ -708,25 +714,37 @@ class _Tracker:
         self.catalog.update_run(self.run_id, progress=self.document())
 
 
-def _record_locations(
-    catalog: Catalog,
+def _record_end(catalog: Catalog, run_id: str, status: str, message: str) -> None:
+    """Record how a run ended; a catalog that is gone (the likely cause) is only logged."""
+    try:
+        if status == "failed":
+            catalog.add_run_events(run_id, [{"level": "error", "message": f"failed: {message}"}])
+        catalog.update_run(run_id, status=status, error=message)
+    except CatalogUnavailableError as exc:
+        log.error("run %s %s (%s), not recorded: %s", run_id, status, message, exc)
+
+
+def _locations(
     store: ColdStore,
     run_id: str,
     order: list[UnitSpec],
     spec: PipelineSpec,
     counts: dict[int, dict[str, int]],
-) -> None:
-    """Map every slide and unit version of the run to the datasets holding its outputs."""
+) -> list[dict[str, Any]]:
+    """Where every slide and unit version of the run has its outputs (the catalog's map)."""
+    locations = []
     for node in order:
         cls = spec.unit_class(node)
         kind = "objects" if cls.output_granularity() == "object" else "tiles"
         for slide_id, rows in counts.items():
-            catalog.record_result_location(
-                run_id,
-                slide_id,
-                unit_name=node.id,
-                unit_version=cls.version,
-                kind=kind,
-                uri=str(store.uri(run_id, kind)),
-                row_count=rows.get(kind, 0),
+            locations.append(
+                {
+                    "slide_id": slide_id,
+                    "unit_name": node.id,
+                    "unit_version": cls.version,
+                    "kind": kind,
+                    "uri": str(store.uri(run_id, kind)),
+                    "row_count": rows.get(kind, 0),
+                }
             )
+    return locations
