@@ -83,13 +83,17 @@ def assert_locations_agree(catalog: Catalog, store: ColdStore, run_id: str) -> N
         return
     assert {loc.unit_name for loc in locations} == {"tissue", "segment"}
     for loc in locations:
-        assert Path(loc.uri) == store.uri(run_id, loc.kind)
+        assert loc.uri == str(store.uri(run_id, loc.kind))
         rows = store.read(run_id, loc.kind, slide_id=loc.slide_id, columns=["slide_id"])
         assert loc.row_count == rows.num_rows > 0
 
 
 def wait_for_staged(
-    store: ColdStore, alive: Callable[[], bool], count: int = 1, timeout: float = 300
+    store: ColdStore,
+    alive: Callable[[], bool],
+    count: int = 1,
+    timeout: float = 300,
+    why: Callable[[], str] = lambda: "",
 ) -> int:
     """Wait until ``count`` batches of tiles are staged in ``store``; return how many are.
 
@@ -98,12 +102,13 @@ def wait_for_staged(
         alive: Asked at every look; False means the run ended early (the test fails).
         count: Staged tile files to wait for.
         timeout: Seconds to wait at most.
+        why: Asked when the run ended early, for the failure message (e.g. the run's error).
     """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         staged = len(list((store.root / "staging").glob("*/*.tiles.parquet")))
         if staged >= count:
             return staged
-        assert alive(), "the run ended before it staged any tile"
+        assert alive(), f"the run ended before it staged any tile: {why()}"
         time.sleep(0.02)
     raise AssertionError(f"no {count} staged tile batches after {timeout} s")

@@ -52,7 +52,11 @@ def test_run_driven_on_ray_waits_out_a_catalog_restart(
         register(catalog, fault_slide)
         ensure_ray(num_cpus=2)
         run_id = submit_run(catalog, store, PipelineSpec.from_yaml(SPEC), IMAGE_SET)
-        wait_for_staged(store, lambda: driver_alive(run_id))
+        wait_for_staged(
+            store,
+            lambda: driver_alive(run_id),
+            why=lambda: repr(catalog.get_run(run_id)) + repr(catalog.run_events(run_id)),
+        )
         private_pg.stop()
         staged_at_stop = len(store.done_tiles(run_id))
         time.sleep(OUTAGE_S)  # the driver's progress writes wait meanwhile
