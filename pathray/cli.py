@@ -368,24 +368,36 @@ def run(
     detach: Annotated[
         bool, typer.Option(help="Submit to the Ray cluster at RAY_ADDRESS and return at once.")
     ] = False,
+    warm: Annotated[
+        bool | None,
+        typer.Option(
+            "--warm/--cold",
+            help="Reuse unit actors kept warm by earlier runs (default: warm when RAY_ADDRESS "
+            "names a Ray that outlives this command, else PATHRAY_WARM).",
+        ),
+    ] = None,
     actor: Actor = ME,
 ) -> None:
     """Run a pipeline over an image set on Ray (local, or the cluster at RAY_ADDRESS)."""
+    import os
+
     catalog, store = _catalog(), _store()
+    if warm is None and os.environ.get("RAY_ADDRESS") and "PATHRAY_WARM" not in os.environ:
+        warm = True  # a local Ray of this command ends with it: nothing would stay warm
     if detach:
-        _submit_detached(catalog, store, pipeline, image_set, actor)
+        _submit_detached(catalog, store, pipeline, image_set, actor, warm)
         return
     spec = load_spec(pipeline) if not resume else None
     if spec is None:
         from pathray.pipeline.spec import PipelineSpec
 
         spec = PipelineSpec.model_validate(catalog.get_run(resume).spec)
-    result = _run_with_progress(catalog, store, spec, image_set, resume, actor)
+    result = _run_with_progress(catalog, store, spec, image_set, resume, actor, warm)
     _print_run(result, store)
 
 
 def _submit_detached(
-    catalog: Any, store: Any, pipeline: str, image_set: str | None, actor: str
+    catalog: Any, store: Any, pipeline: str, image_set: str | None, actor: str, warm: bool | None
 ) -> None:
     import os
 
@@ -398,12 +410,18 @@ def _submit_detached(
         )
     if image_set is None:
         raise PathRayError("An image set must be given (--set NAME).")
-    run_id = submit_run(catalog, store, load_spec(pipeline), image_set, requester=actor)
+    run_id = submit_run(catalog, store, load_spec(pipeline), image_set, requester=actor, warm=warm)
     console.print(f"submitted run {run_id}; follow it with: pathray runs logs {run_id} --follow")
 
 
 def _run_with_progress(
-    catalog: Any, store: Any, spec: Any, image_set: str | None, resume: str | None, actor: str
+    catalog: Any,
+    store: Any,
+    spec: Any,
+    image_set: str | None,
+    resume: str | None,
+    actor: str,
+    warm: bool | None = None,
 ) -> Any:
     from pathray.engine.runner import run_pipeline
 
@@ -417,6 +435,7 @@ def _run_with_progress(
             requester=actor,
             resume=resume,
             progress=lambda done, total: bar.update(task, completed=done, total=total),
+            warm=warm,
         )
 
 

@@ -26,6 +26,7 @@ from pathray.catalog import Catalog
 from pathray.catalog.records import Run
 from pathray.engine.cluster import ensure_ray
 from pathray.engine.runner import execute_run, prepare_run
+from pathray.engine.warm import warm_enabled
 from pathray.errors import PathRayError
 from pathray.pipeline.spec import PipelineSpec
 from pathray.results.store import ColdStore
@@ -46,15 +47,15 @@ def driver_name(run_id: str) -> str:
 class RunDriver:
     """Drives one run to its end, then exits (a detached Ray actor, holding no CPU)."""
 
-    def execute(self, catalog: Catalog, store: ColdStore, run_id: str) -> None:
-        """Run the pipeline, then exit; the outcome is in the catalog.
+    def execute(self, catalog: Catalog, store: ColdStore, run_id: str, warm: bool = False) -> None:
+        """Run the pipeline (on warm unit actors if ``warm``), then exit; see the catalog.
 
         Exiting ends the actors the run started (Ray ends an actor with its owner): those of a
         run cancelled before its first batch are still starting or computing it, and idle
         detached drivers would each keep a process.
         """
         try:
-            execute_run(catalog, store, run_id)
+            execute_run(catalog, store, run_id, warm=warm)
         except Exception:  # recorded in the catalog by execute_run
             log.exception("run %s failed", run_id)
         finally:
@@ -75,6 +76,7 @@ def submit_run(
     requester: str = "system",
     owner: str | None = None,
     ray_address: str | None = None,
+    warm: bool | None = None,
 ) -> str:
     """Record a run and start it in the background on Ray; return its id at once.
 
@@ -86,6 +88,8 @@ def submit_run(
         requester: Who asked for the run.
         owner: The API client the run belongs to (None: an internal run).
         ray_address: Ray cluster to use (None: ``RAY_ADDRESS`` or a local Ray).
+        warm: Run on warm unit actors (:mod:`pathray.engine.warm`); None: ``PATHRAY_WARM``
+            as this process sees it (the driver runs in a Ray worker with another environment).
 
     Returns:
         The run id (the run is ``pending`` until its driver starts it).
@@ -100,7 +104,7 @@ def submit_run(
         driver: Any = RunDriver.options(  # type: ignore[attr-defined]
             name=driver_name(run_id), lifetime="detached"
         ).remote()
-        driver.execute.remote(catalog, store, run_id)
+        driver.execute.remote(catalog, store, run_id, warm_enabled(warm))
     except Exception as exc:
         catalog.update_run(run_id, status="failed", error=f"could not start: {exc}")
         raise

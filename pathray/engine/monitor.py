@@ -28,9 +28,8 @@ def monitor_name(run_id: str) -> str:
     return f"pathray-monitor-{run_id}"
 
 
-@ray.remote(num_cpus=0, max_restarts=0)
-class RunMonitor:
-    """Collects per-unit counts and unit log records of one run (a Ray actor)."""
+class MonitorState:
+    """Per-unit counts and unit log records of one run (the state of a :class:`RunMonitor`)."""
 
     def __init__(self) -> None:
         self._units: dict[str, dict[str, int]] = defaultdict(lambda: {"tiles": 0, "objects": 0})
@@ -58,6 +57,11 @@ class RunMonitor:
             events.append({"unit": None, "level": "warning", "message": message, "at": time.time()})
             self._dropped = 0
         return {unit: dict(counts) for unit, counts in self._units.items()}, events
+
+
+@ray.remote(num_cpus=0, max_restarts=0)
+class RunMonitor(MonitorState):
+    """Collects per-unit counts and unit log records of one run (a Ray actor)."""
 
 
 _LEVELS = {
@@ -111,4 +115,11 @@ def find_monitor(name: str | None) -> Any:
         return None
 
 
-__all__ = ["MonitorHandler", "RunMonitor", "find_monitor", "level_name", "monitor_name"]
+__all__ = [
+    "MonitorHandler",
+    "MonitorState",
+    "RunMonitor",
+    "find_monitor",
+    "level_name",
+    "monitor_name",
+]

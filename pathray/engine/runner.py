@@ -15,7 +15,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ import ray
 from pathray import __version__
 from pathray.catalog import Catalog
 from pathray.catalog.retry import retrying
+from pathray.engine import warm as warm_units
 from pathray.engine.cluster import (
     cluster_cpus,
     cluster_gpus,
@@ -262,8 +263,12 @@ def await_resources(
     wait_s: float = RESOURCE_WAIT_S,
     poll_s: float = 0.5,
     notify: Callable[[str], Any] | None = None,
+    keep: Callable[[str], bool] = lambda name: False,
 ) -> float | None:
     """Wait until one actor of every stage fits in what the cluster has free.
+
+    Idle warm unit actors (:mod:`pathray.engine.warm`) are released first when the CPUs are
+    short, except those ``keep`` names (the run's own pools).
 
     Args:
         declared: What one actor of each stage asks for (:func:`stage_resources`).
@@ -271,6 +276,7 @@ def await_resources(
         wait_s: Seconds to wait at most.
         poll_s: Seconds between two looks.
         notify: Told once, in words, that the run waits (the run's event log).
+        keep: Whether a warm actor (by name) must be kept although idle.
 
     Returns:
         The free CPUs (the run's budget), or None when the run was cancelled while waiting.
@@ -280,12 +286,18 @@ def await_resources(
     """
     need_cpus, need_gpus = required_resources(declared)
     deadline = time.monotonic() + wait_s
+    evict = True
     while True:
         cpus, gpus = free_resources()
         if cpus >= need_cpus and gpus >= need_gpus:
             return cpus
         if cancelled():
             return None
+        if evict:
+            # Warm unit actors no run holds are a cache: their CPUs go to a run that needs them.
+            evict = False
+            if warm_units.evict_idle(keep):
+                continue
         if notify is not None:
             notify(
                 f"waiting for {need_cpus:.2f} free CPUs (got {cpus:.2f}) to start one actor of "
@@ -429,6 +441,7 @@ def run_pipeline(
     resume: str | None = None,
     progress: Progress | None = None,
     ray_address: str | None = None,
+    warm: bool | None = None,
 ) -> RunResult:
     """Run a pipeline over an image set (or resume a run), end to end, in this process.
 
@@ -442,6 +455,8 @@ def run_pipeline(
             its missing tiles are processed.
         progress: Called with ``(tiles done, tiles total)`` as batches finish.
         ray_address: Ray cluster to use (None: ``RAY_ADDRESS`` or a local Ray).
+        warm: Run on warm unit actors that outlive the run (:mod:`pathray.engine.warm`);
+            None: ``PATHRAY_WARM`` (default off).
 
     Returns:
         The run's result (status ``succeeded``, or ``cancelled`` when someone cancelled it).
@@ -459,7 +474,9 @@ def run_pipeline(
         raise ConfigError("A pipeline and an image set must be given for a new run.")
     else:
         run_id = prepare_run(catalog, store, spec, image_set, requester=requester)
-    return execute_run(catalog, store, run_id, progress=progress, ray_address=ray_address)
+    return execute_run(
+        catalog, store, run_id, progress=progress, ray_address=ray_address, warm=warm
+    )
 
 
 def execute_run(
@@ -469,6 +486,7 @@ def execute_run(
     *,
     progress: Progress | None = None,
     ray_address: str | None = None,
+    warm: bool | None = None,
 ) -> RunResult:
     """Drive a recorded run: plan, stream the unit stages, commit, record locations.
 
@@ -491,6 +509,7 @@ def execute_run(
         run_id: A pending, failed or cancelled (not cancel-requested) run.
         progress: Called with ``(tiles done, tiles total)`` as batches finish.
         ray_address: Ray cluster to use (None: ``RAY_ADDRESS`` or a local Ray).
+        warm: Run on warm unit actors (see :func:`run_pipeline`).
 
     Returns:
         The run's result.
@@ -505,7 +524,9 @@ def execute_run(
     spec = PipelineSpec.model_validate(run.spec)
     order = spec.ordered()
     catalog.update_run(run_id, status="running")
+    warm = warm_units.warm_enabled(warm)
     monitor: Any = None
+    pools: list[warm_units.Pool] = []
     try:
         models = resolve_models(catalog, spec, store.location)
         ensure_ray(ray_address)
@@ -522,14 +543,24 @@ def execute_run(
         tracker.sync(None)
         tracker.phase("plan")
         processed, cancelled, free_cpus = 0, False, None
-        if pending.num_rows:
+        if pending.num_rows and warm:
+            monitor = warm_units.RunChannel(warm_units.warm_monitor(), run_id)
+            found = _warm_pools(catalog, spec, order, models, run_id, tracker)
+            cancelled, pools = found is None, found or []
+            if not cancelled:
+                processed, cancelled = _stream_warm(
+                    spec, order, pools, pending, store.staging(run_id), tracker, monitor, progress
+                )
+                tracker.phase("stream")
+                tracker.sync(monitor)
+        elif pending.num_rows:
             free_cpus = await_resources(
                 stage_resources(spec, order, models),
                 lambda: catalog.cancel_requested(run_id),
                 notify=tracker.event,
             )
             cancelled = free_cpus is None
-        if pending.num_rows and not cancelled:
+        if pending.num_rows and not cancelled and not warm:
             monitor = RunMonitor.options(name=monitor_name(run_id)).remote()  # type: ignore[attr-defined]
             dataset = build_dataset(
                 spec,
@@ -577,7 +608,10 @@ def execute_run(
         _record_end(catalog, run_id, "failed", f"{type(exc).__name__}: {exc}")
         raise
     finally:
-        if monitor is not None:
+        if isinstance(monitor, warm_units.RunChannel):
+            warm_units.end_leases(pools or [])
+            monitor.monitor.forget.remote(run_id)
+        elif monitor is not None:
             ray.kill(monitor)
     return RunResult(
         run_id=run_id,
@@ -589,6 +623,149 @@ def execute_run(
         tiles_reused=tracker.base,
         phases=tracker.phases,
     )
+
+
+def _warm_pools(
+    catalog: Catalog,
+    spec: PipelineSpec,
+    order: list[UnitSpec],
+    models: dict[str, ResolvedModel],
+    run_id: str,
+    tracker: _Tracker,
+) -> list[warm_units.Pool] | None:
+    """Lease the run's warm pools, starting those that are cold; None if cancelled meanwhile.
+
+    A pool is keyed by what its actors load and ask for (unit, version, config, model,
+    declared resources), so the CPU share it was fitted to when it started does not change
+    its key. Cold pools are fitted to the free CPUs like a cold run's stages.
+    """
+    declared = stage_resources(spec, order, models)
+    args = []
+    for node, resources in zip(order, declared, strict=True):
+        cls = spec.unit_class(node)
+        artifacts = {"model": models[node.id].path} if node.id in models else None
+        key = warm_units.pool_key(
+            unit_path(cls),
+            cls.version,
+            dict(node.config),
+            artifacts,
+            {**asdict(resources), "custom": dict(resources.custom)},
+        )
+        args.append((key, unit_path(cls), dict(node.config), artifacts))
+    found = [warm_units.find_pool(key, run_id) for key, *_ in args]
+    cold = [i for i, leased in enumerate(found) if not leased]
+    if cold:
+        keys = {args[i][0] for i in range(len(args))}
+        free_cpus = await_resources(
+            [declared[i] for i in cold],
+            lambda: catalog.cancel_requested(run_id),
+            notify=tracker.event,
+            keep=lambda name: any(name.startswith(f"pathray-warm-{k}-") for k in keys),
+        )
+        if free_cpus is None:
+            return None
+        fitted, _ = _stage_resources([declared[i] for i in cold], free_cpus)
+        for i, options in zip(cold, fitted, strict=True):
+            size = options.pop("compute").initial_size
+            key, path, config, artifacts = args[i]
+            found[i] = warm_units.start_pool(key, run_id, size, path, config, artifacts, options)
+    pools = []
+    for i, (node, leased) in enumerate(zip(order, found, strict=True)):
+        infos = [info for _, info in leased]
+        pool = warm_units.Pool(
+            args[i][0], [a for a, _ in leased], infos, len(leased) if i in cold else 0
+        )
+        pools.append(pool)
+        loads = ", ".join(f"{info['load_s']:g} s" for info in infos)
+        if pool.started:
+            tracker.event(
+                f"unit {node.id}: started {pool.started} warm actor(s) (loaded in {loads})"
+            )
+        else:
+            served = max(len(info["runs"]) - 1 for info in infos)
+            tracker.event(
+                f"unit {node.id}: reusing {len(infos)} warm actor(s) (up to {served} earlier runs)"
+            )
+    return pools
+
+
+def _stream_warm(
+    spec: PipelineSpec,
+    order: list[UnitSpec],
+    pools: list[warm_units.Pool],
+    pending: pa.Table,
+    staging: Location,
+    tracker: _Tracker,
+    monitor: warm_units.RunChannel,
+    progress: Progress | None,
+) -> tuple[int, bool]:
+    """Feed the tiles through the warm pools, batch by batch, actor to actor.
+
+    Each batch of tile references goes to an actor of the first pool (which reads the pixels),
+    its output to an actor of the next pool, and so on; only the last pool's summary rows come
+    back to the driver. A bounded number of batches is in flight, so memory stays bounded by
+    the batches in flight, as with Ray Data. A cancel is seen within a second: no further batch
+    is sent, queued ones are cancelled, and what was staged is kept (a resume skips it).
+
+    Returns:
+        Tiles processed, and whether the run was cancelled.
+    """
+    classes = [spec.unit_class(node) for node in order]
+    tile_schema, object_schema = stored_schemas(list(zip(order, classes, strict=True)))
+    emits = any(cls.emits_objects() for cls in classes)
+    write = {
+        "staging": staging,
+        "object_schema": object_schema if emits else None,
+        "tile_schema": tile_schema,
+    }
+    marker_cols = tuple(c for c in tile_schema.names if c not in TILE_KEYS)
+    ctxs = [
+        {
+            "run_id": tracker.run_id,
+            "node_id": node.id,
+            "tile_columns": marker_cols,
+            "write": write if i == len(order) - 1 else None,
+        }
+        for i, node in enumerate(order)
+    ]
+    refs = pending.combine_chunks()
+    rows = max(1, min(cls.batch_size for cls in classes))
+    starts = list(range(0, refs.num_rows, rows))
+    window = 2 * max(len(pool.actors) for pool in pools) + 1
+    in_flight: dict[Any, int] = {}
+    sent, processed, last_sync = 0, 0, time.monotonic()
+
+    def send(n: int) -> None:
+        start = starts[n]
+        # a compact copy: a pickled slice would carry the whole table's buffers
+        ref: Any = refs.take(np.arange(start, min(start + rows, refs.num_rows)))
+        for pool, ctx in zip(pools, ctxs, strict=True):
+            ref = pool.actors[n % len(pool.actors)].call.remote(ref, ctx)
+        in_flight[ref] = n
+
+    while True:
+        while sent < len(starts) and len(in_flight) < window:
+            send(sent)
+            sent += 1
+        if not in_flight:
+            return processed, False
+        ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=0.25)
+        for ref in ready:
+            del in_flight[ref]
+            tiles = int(np.asarray(ray.get(ref)["tiles"]).sum())
+            if "first_batch" not in tracker.phases:
+                tracker.phase("first_batch")
+            processed += tiles
+            tracker.done += tiles
+            if progress:
+                progress(tracker.done, tracker.total)
+        if time.monotonic() - last_sync > 1.0:
+            tracker.sync(monitor)
+            last_sync = time.monotonic()
+            if tracker.catalog.cancel_requested(tracker.run_id):
+                for ref in in_flight:
+                    ray.cancel(ref)  # queued batches go; a batch being computed finishes
+                return processed, True
 
 
 def _stream(
