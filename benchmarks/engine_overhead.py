@@ -100,7 +100,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from pathray.catalog import Catalog
     from pathray.engine.cluster import free_resources
     from pathray.engine.plan import plan_run
-    from pathray.engine.runner import _stage_resources, run_pipeline, stage_resources
+    from pathray.engine.runner import run_pipeline
+    from pathray.engine.sizing import fit_stages, stage_resources
     from pathray.pipeline.spec import PipelineSpec
     from pathray.results.store import ColdStore
     from pathray.slides.register import register_slides
@@ -119,7 +120,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         start_ray(args.cpus)
         refs = plan_run(catalog, [slide_id], spec.tiling).refs
         declared = stage_resources(spec, spec.ordered())
-        stages, read_cpus = _stage_resources(declared, free_resources()[0])
+        stages, read_cpus = fit_stages(declared, free_resources()[0])
         bare_stage = dict(stages[0])
         times: dict[str, list[float]] = {"bare": [], "engine stream": [], "engine run": []}
         tiles: dict[str, int] = {}

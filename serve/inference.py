@@ -34,7 +34,8 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from pathray.engine.models import ResolvedModel
-from pathray.engine.runner import stage_resources, stored_schemas
+from pathray.engine.schemas import stored_schemas
+from pathray.engine.sizing import stage_resources
 from pathray.engine.stages import MARKER, UnitStage
 from pathray.pipeline.spec import PipelineSpec, UnitSpec
 from pathray.units.base import PARENT_INDEX, TILE_KEYS, Batch, Resources, Unit

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from pathray.catalog import Catalog
 from pathray.engine.plan import plan_run
-from pathray.engine.runner import prepare_run, stored_schemas
+from pathray.engine.runner import prepare_run
+from pathray.engine.schemas import stored_schemas
 from pathray.engine.stages import UnitStage
 from pathray.pipeline.spec import PipelineSpec
 from pathray.results.store import ColdStore

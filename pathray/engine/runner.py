@@ -5,24 +5,23 @@ own actor pool, in topological order; the last one also stages the results), str
 then commits the staged results to the cold store and records their locations in the catalog. A
 run resumed by id re-plans the same tiles, skips those already staged and commits exactly the
 rows of one clean run.
+
+The parts live beside it: :mod:`~pathray.engine.sizing` (CPU and GPU shares of the stages),
+:mod:`~pathray.engine.schemas` (stored columns), :mod:`~pathray.engine.streaming` (a cold run's
+batches through Ray Data, and the progress tracker) and :mod:`~pathray.engine.warm_stream` (a
+warm run's batches through leased unit pools).
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import subprocess
-import threading
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import ray
 
 from pathray import __version__
@@ -30,35 +29,27 @@ from pathray.catalog import Catalog
 from pathray.catalog.retry import retrying
 from pathray.engine import warm as warm_units
 from pathray.engine.cluster import (
-    cluster_cpus,
-    cluster_gpus,
     ensure_ray,
     free_resources,
-    largest_node_cpus,
 )
 from pathray.engine.lineage import register_lineage
 from pathray.engine.models import ResolvedModel, resolve_models
 from pathray.engine.monitor import RunMonitor, monitor_name
 from pathray.engine.plan import Plan, plan_run
+from pathray.engine.schemas import stored_schemas
+from pathray.engine.sizing import await_resources, fit_stages, stage_resources
 from pathray.engine.stages import UnitStage
-from pathray.errors import CatalogUnavailableError, ConfigError, ResourceError
-from pathray.pipeline.resources import node_resources
+from pathray.engine.streaming import Progress, Tracker, stream_dataset
+from pathray.engine.warm_stream import lease_pools, stream_warm
+from pathray.errors import CatalogUnavailableError, ConfigError
 from pathray.pipeline.spec import PipelineSpec, UnitSpec
 from pathray.results.location import Location
 from pathray.results.store import ColdStore
 from pathray.slides.source import tile_dataset
-from pathray.units.base import OBJECT_KEYS, TILE_KEYS, Column, Resources, Unit
+from pathray.units.base import TILE_KEYS
 from pathray.units.registry import unit_path
 
 log = logging.getLogger(__name__)
-Progress = Callable[[int, int], None]
-
-#: The smallest CPU share of a stage actor or a read task: a run needs that much free for one
-#: actor of every stage and a read task, or it is refused.
-MIN_SHARE_CPUS = 0.05
-#: Seconds a run waits for those CPUs to come free (actors of a run that just ended release
-#: theirs shortly after it) before it is refused.
-RESOURCE_WAIT_S = 30.0
 
 
 @dataclass
@@ -106,216 +97,6 @@ def code_version() -> str:
     return f"{__version__}+{commit}" if commit else __version__
 
 
-_KEY_TYPES: dict[str, pa.DataType] = {
-    "slide_id": pa.int64(),
-    "tile_id": pa.int64(),
-    "x": pa.int64(),
-    "y": pa.int64(),
-    "width": pa.int64(),
-    "height": pa.int64(),
-    "downsample": pa.float64(),
-    "core_x0": pa.float64(),
-    "core_y0": pa.float64(),
-    "core_x1": pa.float64(),
-    "core_y1": pa.float64(),
-    "object_id": pa.int64(),
-    "tissue_fraction": pa.float32(),
-}
-
-
-def _arrow_type(dtype: str) -> pa.DataType:
-    if dtype == "wkb":
-        return pa.binary()
-    if dtype == "str":
-        return pa.string()
-    return pa.from_numpy_dtype(np.dtype(dtype))
-
-
-def _stored_type(column: Column) -> pa.DataType | None:
-    """Arrow type a stored column is written as, or None for a column that is not written.
-
-    Scalars are written as they are; a vector of a fixed length (``shape == (D,)``, e.g. an
-    embedding) as a ``fixed_size_list`` of D values, the type LanceDB indexes. Images, masks
-    and vectors of varying length stay in memory.
-    """
-    if not column.stored:
-        return None
-    if not column.shape:
-        return _arrow_type(column.dtype)
-    if len(column.shape) == 1:  # per-row vectors: of a fixed length, or not (class counts)
-        kind = _arrow_type(column.dtype)
-        return pa.list_(kind) if column.shape[0] is None else pa.list_(kind, column.shape[0])
-    return None
-
-
-def stored_schemas(order: list[tuple[UnitSpec, type[Unit]]]) -> tuple[pa.Schema, pa.Schema]:
-    """Schemas of the stored tile rows and object rows of a pipeline (keys first).
-
-    Scalar columns and vectors (one-dimensional per row, e.g. class probabilities, stored as
-    Arrow lists) are stored; images and masks are not.
-    """
-    tiles = {name: _KEY_TYPES[name] for name in (*TILE_KEYS, "tissue_fraction")}
-    objects = {name: _KEY_TYPES[name] for name in OBJECT_KEYS}
-    for _, cls in order:
-        for column in cls.outputs:
-            kind = _stored_type(column)
-            if kind is not None:
-                target = objects if column.granularity == "object" else tiles
-                target.setdefault(column.name, kind)
-    return pa.schema(list(tiles.items())), pa.schema(list(objects.items()))
-
-
-def stage_resources(
-    spec: PipelineSpec,
-    order: list[UnitSpec],
-    models: dict[str, ResolvedModel] | None = None,
-) -> list[Resources]:
-    """What one actor of each node asks for: its unit's, its model card's, its node's.
-
-    See :func:`pathray.pipeline.resources.node_resources` for how the three combine.
-    """
-    models = models or {}
-    return [
-        node_resources(
-            spec.unit_class(node).resources,
-            models[node.id].resources if node.id in models else None,
-            node.resources,
-        )
-        for node in order
-    ]
-
-
-def _stage_resources(
-    declared: list[Resources], free_cpus: float
-) -> tuple[list[dict[str, Any]], float]:
-    """Ray resources of the unit stages and of a read task, fitted to the free CPUs.
-
-    A stage's GPU share is kept where the cluster has GPUs and dropped where it has none (the
-    unit then computes on CPUs).
-
-    Actors hold their CPUs while idle, so the declared CPUs are fitted to the budget (the CPUs
-    nothing else holds, less one read task's): what Serve replicas or other runs hold is never
-    counted, or the run would wait forever for it.
-
-    - a budget below the declared sum is shared in proportion (one actor of every stage must
-      fit beside a read task, else the pipeline would wait forever for a read slot);
-    - a budget that holds one actor of every stage but not two is split so that *two* actors
-      of every CPU stage fit, and both start at once: two single-threaded actors keep both
-      cores of a small machine busy, where one two-threaded actor stalls at every parallel
-      region a read task or the driver interrupts (on 2 CPUs the nucleus U-Net streams 40 tiles
-      a second so, against 24-31 with one actor on 1.5 CPUs). A GPU stage instead takes its
-      whole share in one actor (its threads feed the GPU), never beyond what the largest node
-      holds beside a read task;
-    - a larger budget keeps the declared CPUs, and Ray Data adds actors while work waits.
-
-    Args:
-        declared: What one actor of each stage asks for (:func:`stage_resources`), in order.
-        free_cpus: CPUs free for the run (at least what :func:`required_resources` says).
-    """
-    gpus = cluster_gpus()
-    read_cpus = min(1.0, free_cpus * 0.25)
-    budget = free_cpus - read_cpus
-    wanted = sum(r.num_cpus for r in declared)
-    node_cap = min(largest_node_cpus(), free_cpus) - read_cpus
-    stages = []
-    for resources in declared:
-        on_gpu = bool(resources.num_gpus and gpus)
-        cpus, initial = resources.num_cpus, 1
-        # The budget is positive, so either branch implies wanted > 0.
-        if budget < wanted:
-            cpus = cpus * budget / wanted
-        elif budget < 2 * wanted:
-            if on_gpu:
-                cpus = max(cpus, min(cpus * budget / wanted, node_cap))
-            else:
-                cpus, initial = cpus * budget / (2 * wanted), 2
-        stage: dict[str, Any] = {
-            "num_cpus": cpus,
-            "compute": ray.data.ActorPoolStrategy(
-                min_size=1,
-                max_size=max(initial, int(budget // max(cpus, 0.25))),
-                initial_size=initial,
-            ),
-        }
-        if on_gpu:
-            stage["num_gpus"] = resources.num_gpus
-        if resources.memory_mb:
-            stage["memory"] = resources.memory_mb * 2**20
-        if resources.custom:
-            stage["resources"] = dict(resources.custom)
-        stages.append(stage)
-    return stages, read_cpus
-
-
-def required_resources(declared: list[Resources]) -> tuple[float, float]:
-    """The free CPUs and GPUs a run needs to start: one actor of every stage and a read task.
-
-    Each CPU share can shrink to :data:`MIN_SHARE_CPUS`; a GPU stage needs its GPUs whole
-    (on a cluster that has GPUs at all; elsewhere it runs on CPUs).
-    """
-    gpus = sum(r.num_gpus for r in declared) if cluster_gpus() else 0.0
-    return round(MIN_SHARE_CPUS * (len(declared) + 1), 6), float(gpus)
-
-
-def await_resources(
-    declared: list[Resources],
-    cancelled: Callable[[], bool],
-    wait_s: float = RESOURCE_WAIT_S,
-    poll_s: float = 0.5,
-    notify: Callable[[str], Any] | None = None,
-    keep: Callable[[str], bool] = lambda name: False,
-) -> float | None:
-    """Wait until one actor of every stage fits in what the cluster has free.
-
-    Idle warm unit actors (:mod:`pathray.engine.warm`) are released first when the CPUs are
-    short, except those ``keep`` names (the run's own pools).
-
-    Args:
-        declared: What one actor of each stage asks for (:func:`stage_resources`).
-        cancelled: Whether the run was cancelled meanwhile (asked at every poll).
-        wait_s: Seconds to wait at most.
-        poll_s: Seconds between two looks.
-        notify: Told once, in words, that the run waits (the run's event log).
-        keep: Whether a warm actor (by name) must be kept although idle.
-
-    Returns:
-        The free CPUs (the run's budget), or None when the run was cancelled while waiting.
-
-    Raises:
-        ResourceError: Still too few free resources after ``wait_s`` seconds.
-    """
-    need_cpus, need_gpus = required_resources(declared)
-    deadline = time.monotonic() + wait_s
-    evict = True
-    while True:
-        cpus, gpus = free_resources()
-        if cpus >= need_cpus and gpus >= need_gpus:
-            return cpus
-        if cancelled():
-            return None
-        if evict:
-            # Warm unit actors no run holds are a cache: their CPUs go to a run that needs them.
-            evict = False
-            if warm_units.evict_idle(keep):
-                continue
-        if notify is not None:
-            notify(
-                f"waiting for {need_cpus:.2f} free CPUs (got {cpus:.2f}) to start one actor of "
-                f"each stage, at most {wait_s:g} s"
-            )
-            notify = None
-        if time.monotonic() >= deadline:
-            gpu_note = f" and {need_gpus:g} GPUs (got {gpus:g})" if need_gpus else ""
-            raise ResourceError(
-                f"A run must find at least {need_cpus:.2f} free CPUs{gpu_note}: one actor of "
-                f"each of its {len(declared)} stages and a read task. Got {cpus:.2f} free of the "
-                f"cluster's {cluster_cpus():g} after waiting {wait_s:g} s; the rest is held by "
-                "Serve replicas or other runs. Give Ray more CPUs, serve the units with fewer "
-                "(ServeArgs.unit_cpus), or retry when other runs have finished."
-            )
-        time.sleep(poll_s)
-
-
 def build_dataset(
     spec: PipelineSpec,
     refs: pa.Table,
@@ -342,7 +123,7 @@ def build_dataset(
     tile_schema, object_schema = stored_schemas(order)
     if free_cpus is None:
         free_cpus = free_resources()[0]
-    stages, read_cpus = _stage_resources(stage_resources(spec, nodes, models), free_cpus)
+    stages, read_cpus = fit_stages(stage_resources(spec, nodes, models), free_cpus)
     ds = tile_dataset(refs, block_rows=block_rows, num_cpus=read_cpus)
     marker_cols = tuple(c for c in tile_schema.names if c not in TILE_KEYS)
     emits = any(cls.emits_objects() for _, cls in order)
@@ -534,7 +315,7 @@ def execute_run(
         plan = plan_run(catalog, slide_ids, spec.tiling)
         pending = _pending(plan, store, run_id)
         total, done = plan.refs.num_rows, plan.refs.num_rows - pending.num_rows
-        tracker = _Tracker(catalog, run_id, [node.id for node in order], total, done, start)
+        tracker = Tracker(catalog, run_id, [node.id for node in order], total, done, start)
         tracker.event(
             f"planned {total} tiles on {len(slide_ids) - len(plan.problems)} slides"
             + (f" ({len(plan.problems)} skipped)" if plan.problems else "")
@@ -545,10 +326,10 @@ def execute_run(
         processed, cancelled, free_cpus = 0, False, None
         if pending.num_rows and warm:
             monitor = warm_units.RunChannel(warm_units.warm_monitor(), run_id)
-            found = _warm_pools(catalog, spec, order, models, run_id, tracker)
+            found = lease_pools(catalog, spec, order, models, run_id, tracker)
             cancelled, pools = found is None, found or []
             if not cancelled:
-                processed, cancelled = _stream_warm(
+                processed, cancelled = stream_warm(
                     spec, order, pools, pending, store.staging(run_id), tracker, monitor, progress
                 )
                 tracker.phase("stream")
@@ -570,7 +351,7 @@ def execute_run(
                 monitor=monitor_name(run_id),
                 free_cpus=free_cpus,
             )
-            processed, cancelled = _stream(dataset, tracker, monitor, progress)
+            processed, cancelled = stream_dataset(dataset, tracker, monitor, progress)
             tracker.phase("stream")
             tracker.sync(monitor)
         if cancelled:
@@ -623,272 +404,6 @@ def execute_run(
         tiles_reused=tracker.base,
         phases=tracker.phases,
     )
-
-
-def _warm_pools(
-    catalog: Catalog,
-    spec: PipelineSpec,
-    order: list[UnitSpec],
-    models: dict[str, ResolvedModel],
-    run_id: str,
-    tracker: _Tracker,
-) -> list[warm_units.Pool] | None:
-    """Lease the run's warm pools, starting those that are cold; None if cancelled meanwhile.
-
-    A pool is keyed by what its actors load and ask for (unit, version, config, model,
-    declared resources), so the CPU share it was fitted to when it started does not change
-    its key. Cold pools are fitted to the free CPUs like a cold run's stages.
-    """
-    declared = stage_resources(spec, order, models)
-    args = []
-    for node, resources in zip(order, declared, strict=True):
-        cls = spec.unit_class(node)
-        artifacts = {"model": models[node.id].path} if node.id in models else None
-        key = warm_units.pool_key(
-            unit_path(cls),
-            cls.version,
-            dict(node.config),
-            artifacts,
-            {**asdict(resources), "custom": dict(resources.custom)},
-        )
-        args.append((key, unit_path(cls), dict(node.config), artifacts))
-    found = [warm_units.find_pool(key, run_id) for key, *_ in args]
-    cold = [i for i, leased in enumerate(found) if not leased]
-    if cold:
-        keys = {args[i][0] for i in range(len(args))}
-        free_cpus = await_resources(
-            [declared[i] for i in cold],
-            lambda: catalog.cancel_requested(run_id),
-            notify=tracker.event,
-            keep=lambda name: any(name.startswith(f"pathray-warm-{k}-") for k in keys),
-        )
-        if free_cpus is None:
-            return None
-        fitted, _ = _stage_resources([declared[i] for i in cold], free_cpus)
-        for i, options in zip(cold, fitted, strict=True):
-            size = options.pop("compute").initial_size
-            key, path, config, artifacts = args[i]
-            found[i] = warm_units.start_pool(key, run_id, size, path, config, artifacts, options)
-    pools = []
-    for i, (node, leased) in enumerate(zip(order, found, strict=True)):
-        infos = [info for _, info in leased]
-        pool = warm_units.Pool(
-            args[i][0], [a for a, _ in leased], infos, len(leased) if i in cold else 0
-        )
-        pools.append(pool)
-        loads = ", ".join(f"{info['load_s']:g} s" for info in infos)
-        if pool.started:
-            tracker.event(
-                f"unit {node.id}: started {pool.started} warm actor(s) (loaded in {loads})"
-            )
-        else:
-            served = max(len(info["runs"]) - 1 for info in infos)
-            tracker.event(
-                f"unit {node.id}: reusing {len(infos)} warm actor(s) (up to {served} earlier runs)"
-            )
-    return pools
-
-
-def _stream_warm(
-    spec: PipelineSpec,
-    order: list[UnitSpec],
-    pools: list[warm_units.Pool],
-    pending: pa.Table,
-    staging: Location,
-    tracker: _Tracker,
-    monitor: warm_units.RunChannel,
-    progress: Progress | None,
-) -> tuple[int, bool]:
-    """Feed the tiles through the warm pools, batch by batch, actor to actor.
-
-    Each batch of tile references goes to an actor of the first pool (which reads the pixels),
-    its output to an actor of the next pool, and so on; only the last pool's summary rows come
-    back to the driver. A bounded number of batches is in flight, so memory stays bounded by
-    the batches in flight, as with Ray Data. A cancel is seen within a second: no further batch
-    is sent, queued ones are cancelled, and what was staged is kept (a resume skips it).
-
-    Returns:
-        Tiles processed, and whether the run was cancelled.
-    """
-    classes = [spec.unit_class(node) for node in order]
-    tile_schema, object_schema = stored_schemas(list(zip(order, classes, strict=True)))
-    emits = any(cls.emits_objects() for cls in classes)
-    write = {
-        "staging": staging,
-        "object_schema": object_schema if emits else None,
-        "tile_schema": tile_schema,
-    }
-    marker_cols = tuple(c for c in tile_schema.names if c not in TILE_KEYS)
-    ctxs = [
-        {
-            "run_id": tracker.run_id,
-            "node_id": node.id,
-            "tile_columns": marker_cols,
-            "write": write if i == len(order) - 1 else None,
-        }
-        for i, node in enumerate(order)
-    ]
-    refs = pending.combine_chunks()
-    rows = max(1, min(cls.batch_size for cls in classes))
-    starts = list(range(0, refs.num_rows, rows))
-    window = 2 * max(len(pool.actors) for pool in pools) + 1
-    in_flight: dict[Any, int] = {}
-    sent, processed, last_sync = 0, 0, time.monotonic()
-
-    def send(n: int) -> None:
-        start = starts[n]
-        # a compact copy: a pickled slice would carry the whole table's buffers
-        ref: Any = refs.take(np.arange(start, min(start + rows, refs.num_rows)))
-        for pool, ctx in zip(pools, ctxs, strict=True):
-            ref = pool.actors[n % len(pool.actors)].call.remote(ref, ctx)
-        in_flight[ref] = n
-
-    while True:
-        while sent < len(starts) and len(in_flight) < window:
-            send(sent)
-            sent += 1
-        if not in_flight:
-            return processed, False
-        ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=0.25)
-        for ref in ready:
-            del in_flight[ref]
-            tiles = int(np.asarray(ray.get(ref)["tiles"]).sum())
-            if "first_batch" not in tracker.phases:
-                tracker.phase("first_batch")
-            processed += tiles
-            tracker.done += tiles
-            if progress:
-                progress(tracker.done, tracker.total)
-        if time.monotonic() - last_sync > 1.0:
-            tracker.sync(monitor)
-            last_sync = time.monotonic()
-            if tracker.catalog.cancel_requested(tracker.run_id):
-                for ref in in_flight:
-                    ray.cancel(ref)  # queued batches go; a batch being computed finishes
-                return processed, True
-
-
-def _stream(
-    dataset: ray.data.Dataset, tracker: _Tracker, monitor: Any, progress: Progress | None
-) -> tuple[int, bool]:
-    """Stream a run's batches, watching for a cancel even while no batch comes.
-
-    The batches are pulled in a thread of their own: the first one can take minutes (actors
-    starting, models loading), and a cancel must be seen meanwhile. Once cancelled, the
-    puller stops at its next batch (Ray Data then shuts the stream down); a run driver's
-    actors go with its process (see :class:`~pathray.engine.jobs.RunDriver`).
-
-    Returns:
-        Tiles processed, and whether the run was cancelled.
-    """
-    counts: queue.Queue[int | BaseException | None] = queue.Queue()
-    stop = threading.Event()
-    puller = threading.Thread(
-        target=_pull, args=(dataset, counts, stop), name="pathray-batches", daemon=True
-    )
-    puller.start()
-    processed, last_sync = 0, time.monotonic()
-    try:
-        while True:
-            try:
-                item = counts.get(timeout=0.25)
-            except queue.Empty:
-                item = 0
-            if isinstance(item, BaseException):
-                raise item
-            if item is None:
-                return processed, False
-            if item:
-                if "first_batch" not in tracker.phases:
-                    tracker.phase("first_batch")
-                processed += item
-                tracker.done += item
-                if progress:
-                    progress(tracker.done, tracker.total)
-            if time.monotonic() - last_sync > 1.0:
-                tracker.sync(monitor)
-                last_sync = time.monotonic()
-                if tracker.catalog.cancel_requested(tracker.run_id):
-                    return processed, True
-    finally:
-        stop.set()  # a no-op once the stream ended; else the puller leaves at its next batch
-
-
-def _pull(
-    dataset: ray.data.Dataset,
-    counts: queue.Queue[int | BaseException | None],
-    stop: threading.Event,
-) -> None:
-    """Put the tile count of each batch into ``counts``, then None (or the error raised)."""
-    try:
-        for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
-            # leaving the loop closes Ray Data's iterator, which shuts the stream down
-            if stop.is_set():
-                return
-            counts.put(int(pc.sum(pa.array(batch["tiles"])).as_py() or 0))
-    except BaseException as exc:  # handed to the driver thread, which raises it
-        counts.put(exc)
-        return
-    counts.put(None)
-
-
-class _Tracker:
-    """The driver's view of a run's progress, written to the catalog on each sync."""
-
-    def __init__(
-        self,
-        catalog: Catalog,
-        run_id: str,
-        nodes: list[str],
-        total: int,
-        done: int,
-        started: float,
-    ) -> None:
-        self.catalog, self.run_id, self.total, self.done = catalog, run_id, total, done
-        self.base = done  # tiles done before this call (a resume)
-        self.units: dict[str, dict[str, int]] = {
-            node: {"tiles_total": total, "tiles_done": done, "objects": 0} for node in nodes
-        }
-        self.phases: dict[str, float] = {}
-        self._phase_start = started  # perf_counter() when the run's call began
-
-    def phase(self, name: str) -> None:
-        """Record that phase ``name`` (begun when the previous one ended) ends now."""
-        now = time.perf_counter()
-        self.phases[name] = round(now - self._phase_start, 3)
-        self._phase_start = now
-
-    def document(self) -> dict[str, Any]:
-        """The run's progress document."""
-        return {
-            "tiles_total": self.total,
-            "tiles_done": self.done,
-            "units": self.units,
-            "phases": dict(self.phases),
-        }
-
-    def event(self, message: str, level: str = "info") -> None:
-        """Record a driver event."""
-        self.catalog.add_run_events(self.run_id, [{"level": level, "message": message}])
-
-    def sync(self, monitor: Any) -> None:
-        """Fold the monitor's counts and log records into the catalog."""
-        if monitor is not None:
-            try:
-                counts, events = ray.get(monitor.drain.remote(), timeout=10)
-            except Exception as exc:  # the monitor is best effort; the run goes on
-                log.warning("run monitor unreachable: %s", exc)
-                counts, events = {}, []
-            for node, c in counts.items():
-                if node in self.units:
-                    unit = self.units[node]
-                    unit["tiles_done"] = min(self.total, self.base + c["tiles"])
-                    unit["objects"] = c["objects"]
-            if events:
-                for event in events:
-                    event["at"] = datetime.fromtimestamp(event["at"], UTC)
-                self.catalog.add_run_events(self.run_id, events)
-        self.catalog.update_run(self.run_id, progress=self.document())
 
 
 def _record_end(catalog: Catalog, run_id: str, status: str, message: str) -> None:

@@ -66,7 +66,7 @@ def _use_assigned_cpus() -> int | None:
 
     Ray sets ``OMP_NUM_THREADS`` to 1 for any fractional share, so an actor given 1.5 CPUs would
     compute on one core; the engine hands out such shares on purpose (see
-    :func:`~pathray.engine.runner._stage_resources`) and the read tasks beside it are light.
+    :func:`~pathray.engine.sizing.fit_stages`) and the read tasks beside it are light.
 
     Returns:
         The thread count set in ``OMP_NUM_THREADS``, or None outside a Ray actor.

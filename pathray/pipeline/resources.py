@@ -7,7 +7,7 @@ Three layers, each overriding the one before it key by key:
 3. the node's ``resources`` in the spec (``resources: {gpus: 0.25, cpus: 1}``).
 
 The engine then fits the result to the cluster (a GPU share is dropped where the cluster has no
-GPU, see :func:`pathray.engine.runner._stage_resources`).
+GPU, see :func:`pathray.engine.sizing.fit_stages`).
 
 Example:
     >>> from pathray.units.base import Resources

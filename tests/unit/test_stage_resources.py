@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from pathray.engine import runner
+from pathray.engine import sizing
 from pathray.errors import ResourceError
 from pathray.units.base import Resources
 
@@ -14,9 +14,9 @@ from pathray.units.base import Resources
 def _fit(
     monkeypatch: pytest.MonkeyPatch, cpus: float, gpus: float, *resources: Resources
 ) -> tuple[list[dict[str, Any]], float]:
-    monkeypatch.setattr(runner, "cluster_gpus", lambda: gpus)
-    monkeypatch.setattr(runner, "largest_node_cpus", lambda: cpus)
-    return runner._stage_resources(list(resources), cpus)
+    monkeypatch.setattr(sizing, "cluster_gpus", lambda: gpus)
+    monkeypatch.setattr(sizing, "largest_node_cpus", lambda: cpus)
+    return sizing.fit_stages(list(resources), cpus)
 
 
 def test_two_cpus_run_two_single_threaded_actors_of_one_unit(
@@ -58,10 +58,10 @@ def test_a_large_budget_keeps_the_declared_cpus_and_grows_the_pool(
 
 def test_only_the_free_cpus_are_shared(monkeypatch: pytest.MonkeyPatch) -> None:
     """Serve replicas hold 1.5 of 2 CPUs: the actors and a read task fit in the 0.5 left."""
-    monkeypatch.setattr(runner, "cluster_gpus", lambda: 0.0)
-    monkeypatch.setattr(runner, "largest_node_cpus", lambda: 2.0)
+    monkeypatch.setattr(sizing, "cluster_gpus", lambda: 0.0)
+    monkeypatch.setattr(sizing, "largest_node_cpus", lambda: 2.0)
     units = [Resources(num_cpus=0.5), Resources(num_cpus=1.0), Resources(num_cpus=1.0)]
-    stages, read = runner._stage_resources(units, 0.5)
+    stages, read = sizing.fit_stages(units, 0.5)
     assert read == 0.125
     assert sum(s["num_cpus"] * s["compute"].initial_size for s in stages) + read == 0.5
     assert all(s["compute"].max_size == 1 for s in stages)  # no pool outgrows the budget
@@ -70,19 +70,19 @@ def test_only_the_free_cpus_are_shared(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_a_run_waits_for_free_cpus_then_is_refused_with_the_reason(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(runner, "cluster_gpus", lambda: 0.0)
-    monkeypatch.setattr(runner, "cluster_cpus", lambda: 2.0)
-    monkeypatch.setattr(runner, "free_resources", lambda: (0.1, 0.0))
+    monkeypatch.setattr(sizing, "cluster_gpus", lambda: 0.0)
+    monkeypatch.setattr(sizing, "cluster_cpus", lambda: 2.0)
+    monkeypatch.setattr(sizing, "free_resources", lambda: (0.1, 0.0))
     units = [Resources(num_cpus=1.0), Resources(num_cpus=1.0)]
-    assert runner.required_resources(units) == (0.15, 0.0)
+    assert sizing.required_resources(units) == (0.15, 0.0)
     told: list[str] = []
     with pytest.raises(ResourceError, match=r"at least 0.15 free CPUs.*Got 0.10 free of the "):
-        runner.await_resources(units, lambda: False, wait_s=0.2, poll_s=0.05, notify=told.append)
+        sizing.await_resources(units, lambda: False, wait_s=0.2, poll_s=0.05, notify=told.append)
     assert len(told) == 1 and told[0].startswith("waiting for 0.15 free CPUs (got 0.10)")
     # a cancel ends the wait at once, without an error
-    assert runner.await_resources(units, lambda: True, wait_s=60) is None
-    monkeypatch.setattr(runner, "free_resources", lambda: (0.15, 0.0))
-    assert runner.await_resources(units, lambda: False, wait_s=0) == 0.15
+    assert sizing.await_resources(units, lambda: True, wait_s=60) is None
+    monkeypatch.setattr(sizing, "free_resources", lambda: (0.15, 0.0))
+    assert sizing.await_resources(units, lambda: False, wait_s=0) == 0.15
 
 
 def test_a_gpu_share_is_dropped_on_a_cluster_without_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
