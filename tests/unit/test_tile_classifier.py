@@ -53,10 +53,10 @@ def test_the_model_sees_the_cards_field_of_view(model_folder: str) -> None:
     unit = TileClassifier({"mpp": 0.5, "batch_size": 2}, {"model": model_folder})
     tile = np.zeros((128, 128, 3), np.uint8)
     tile[32:96, 32:96] = 200  # the centred 64 px window
-    x = unit._model_input(tile)
-    assert x.shape == (3, 32, 32)
+    x = unit._model_input(tile[None])
+    assert x.shape == (1, 3, 32, 32) and x.dtype == np.float32
     expected = (200 / 255 - np.array(ex.MEAN)) / np.array(ex.STD)
-    np.testing.assert_allclose(x[:, :, :].mean(axis=(1, 2)), expected, rtol=1e-5)
+    np.testing.assert_allclose(x[0].mean(axis=(1, 2)), expected, rtol=1e-5)
     images = np.stack([tile, np.full_like(tile, 255), tile])
     out = unit({"image": images})
     assert out["tile_probabilities"].shape == (3, len(ex.CLASSES))
@@ -76,3 +76,27 @@ def test_centre_pads_small_tiles_with_white() -> None:
         _centre(np.arange(48, dtype=np.uint8).reshape(4, 4, 3), 2, 2),
         np.arange(48, dtype=np.uint8).reshape(4, 4, 3)[1:3, 1:3],
     )
+
+
+def test_the_frozen_channels_last_model_gives_the_models_own_answer(
+    model_folder: str, tmp_path: Path
+) -> None:
+    import torch
+
+    # tiles cut at the card's field of view (32 px at 1 um/px) go to the model as they are
+    unit = TileClassifier({"mpp": 1.0, "batch_size": 4}, {"model": model_folder})
+    rng = np.random.default_rng(0)
+    tiles = rng.integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
+    x = unit._model_input(tiles)
+    assert x.shape == (6, 3, 32, 32)
+    assert x.transpose(0, 2, 3, 1).flags.c_contiguous  # NHWC memory: channels_last for torch
+    reference = torch.jit.load(str(Path(model_folder) / "torchscript_model.pt")).eval()
+    mean = torch.tensor(ex.MEAN).reshape(1, 3, 1, 1)
+    std = torch.tensor(ex.STD).reshape(1, 3, 1, 1)
+    pixels = torch.from_numpy(tiles).permute(0, 3, 1, 2).float() / 255
+    with torch.no_grad():
+        expected = torch.softmax(reference((pixels - mean) / std), dim=1).numpy()
+    out = unit({"image": tiles})
+    np.testing.assert_allclose(out["tile_probabilities"], expected, atol=1e-5)
+    assert list(reference.parameters())
+    assert not list(unit.predictor.module.parameters())  # frozen: the weights are constants
