@@ -133,8 +133,11 @@ def test_killed_run_resumes_to_the_rows_of_a_clean_run(
     resumed = run_pipeline(catalog, store, PipelineSpec.from_yaml(spec_file), resume=run.id)
     assert resumed.run_id == run.id and resumed.status == "succeeded"
     assert resumed.tiles_processed > 0  # only the missing tiles were processed again
-    clean = run_pipeline(catalog, store, PipelineSpec.from_yaml(spec_file), "ki67")
-    assert resumed.tiles_processed + done_before == clean.tiles_processed
+    # workers of the killed Ray may stage a batch they were computing after the count above:
+    # the resume keeps those too, and processes each tile once
+    assert resumed.tiles_reused >= done_before
+    clean = run_pipeline(catalog, store, PipelineSpec.from_yaml(SPEC.format(delay=0)), "ki67")
+    assert resumed.tiles_processed + resumed.tiles_reused == clean.tiles_processed
     for kind in ("objects", "tiles"):
         a, b = _sorted(store.read(run.id, kind)), _sorted(store.read(clean.run_id, kind))
         assert a.num_rows == b.num_rows > 0
