@@ -23,12 +23,14 @@ largest absolute difference of the class probabilities and the share of tiles wi
 arg-max class (the two sides resample and JPEG-decode the same pixels slightly differently).
 
 Runs (``--repeat``, interleaved so that load drifts hit both sides alike): the first run of each
-side is ``cold`` (PathRay: Ray already started, but unit actors start and load the model in every
-run; WSInfer: first model load and DataLoader workers); ``steady`` is the median of the rest.
+side is ``cold`` (PathRay: Ray already started, the unit actors start and load the model;
+WSInfer: first model load and DataLoader workers); ``steady`` is the median of the rest, which
+PathRay runs on the warm unit actors the first run left (:mod:`pathray.engine.warm`; ``--cold``
+starts them again in every run, as a library call does by default).
 Ray's own start is reported separately. The ratio is PathRay's steady tiles/s over WSInfer's.
 ``stream`` is the rate from the first batch out to the last (PathRay: its progress callback;
 WSInfer: its DataLoader loop, timed in place of its tqdm bar), so the work once the workers and
-the model are up, without PathRay's per-run actor start (open work: warm units, issue 17).
+the model are up.
 PathRay's stream rate is taken where the driver receives batches, and Ray Data buffers batches
 finished while the driver waits, so on a small slide it overstates the compute rate: read it as
 a bound, not a measurement.
@@ -190,8 +192,16 @@ def wsinfer_run(slide: Path, model_dir: Path, work: Path, workers: int, batch: i
     }
 
 
-def pathray_run(catalog: Any, store: Any, spec: Any, image_set: str) -> dict:
-    """One PathRay run; its seconds, phases, tiles and predictions."""
+def pathray_run(catalog: Any, store: Any, spec: Any, image_set: str, warm: bool) -> dict:
+    """One PathRay run; its seconds, phases, tiles and predictions.
+
+    Args:
+        catalog: The benchmark's catalog.
+        store: Its cold store.
+        spec: The pipeline.
+        image_set: The set to run on.
+        warm: Run on warm unit actors (started by the first such run, reused after).
+    """
     from pathray.engine.runner import run_pipeline
 
     marks: list[tuple[float, int]] = []
@@ -202,6 +212,7 @@ def pathray_run(catalog: Any, store: Any, spec: Any, image_set: str) -> dict:
         spec,
         image_set,
         progress=lambda done, _: marks.append((time.perf_counter(), done)),
+        warm=warm,
     )
     seconds = time.perf_counter() - t0
     table = store.read(result.run_id, "tiles", columns=["x", "y", "width", "tile_probabilities"])
@@ -289,7 +300,7 @@ def bench_model(
             if side == "wsinfer":
                 run = wsinfer_run(slide, model_dir, home / "wsinfer", args.workers, args.batch)
             else:
-                run = pathray_run(catalog, store, spec, "bench")
+                run = pathray_run(catalog, store, spec, "bench", warm=not args.cold)
             print(
                 f"  {kind} {side} run {i + 1}: {run['tiles']} tiles in {run['seconds']:.2f} s",
                 flush=True,
@@ -316,6 +327,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--repeat", type=int, default=3, help="runs per side (first is cold)")
     parser.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray")
     parser.add_argument("--batch", type=int, default=32, help="tiles per forward pass")
+    parser.add_argument(
+        "--cold",
+        action="store_true",
+        help="PathRay without warm unit actors (every run starts its actors and loads the model)",
+    )
     parser.add_argument(
         "--workers",
         type=int,
