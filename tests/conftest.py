@@ -40,7 +40,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     with it directly.
     """
     status = config.stash.get(_EXIT_STATUS, None)
-    if status is not None:
+    if status is not None and not os.environ.get("PATHRAY_TEST_NO_OS_EXIT"):
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(status)
