@@ -713,8 +713,8 @@ def _stop_ray() -> None:
 
 def main() -> None:
     """Entry point of the ``pathray`` console script (see the module docstring for signals)."""
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, _interrupt)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _interrupt)
     code: Any = 0
     try:
         app()  # standalone mode: always ends in SystemExit (KeyboardInterrupt -> 130)
@@ -725,9 +725,9 @@ def main() -> None:
     finally:
         _STOP["stopping"] = True
         _stop_ray()
-    signum = _STOP.get("signal")
-    if signum and code not in (0, None):
-        name = signal.Signals(int(signum)).name
-        err.print(f"stopped by {name}" + (" (Ctrl-C)" if signum == signal.SIGINT else ""))
-        code = 128 + int(signum)
+    stopped_by = int(_STOP.get("signal", 0))
+    if stopped_by and code not in (0, None):  # a server that stopped on it returned 0
+        name = signal.Signals(stopped_by).name
+        err.print(f"stopped by {name}" + (" (Ctrl-C)" if stopped_by == signal.SIGINT else ""))
+        code = 128 + stopped_by
     sys.exit(code)
