@@ -2,12 +2,18 @@
 
 User mistakes (a missing file, an unknown set, a protected set, an invalid spec) print one clear
 line and exit with status 2; only bugs show a traceback.
+
+Ctrl-C (SIGINT) and SIGTERM stop a command cleanly: a run is recorded as cancelled (resumable),
+Ray is shut down before the interpreter finalises, and the command says what stopped it and
+exits with 130 (SIGINT) or 143 (SIGTERM), the shell's 128 + signal number. The servers
+(``pathray serve``, ``pathray ui``) treat either signal as their normal end: they stop and exit 0.
 """
 
 from __future__ import annotations
 
 import getpass
 import json
+import signal
 import sys
 from collections.abc import Callable
 from functools import wraps
@@ -694,10 +700,53 @@ def demo(
     run_demo(_catalog(), _store(), Settings.from_env(), console=console, quick=quick)
 
 
-def main() -> None:
-    """Entry point of the ``pathray`` console script."""
+#: The signal that stopped the command, once one arrived; "stopping" once the command ended.
+_STOP: dict[str, int | bool] = {}
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    """Raise KeyboardInterrupt in the main thread for the first SIGINT or SIGTERM.
+
+    SIGTERM's default action kills the process at once, skipping Ray's shutdown (and, with
+    Ray's fatal-signal handler, it used to abort with a native stack). As a KeyboardInterrupt
+    it unwinds like Ctrl-C: a run records itself as cancelled, then :func:`main` stops Ray.
+    Later signals are ignored while the command unwinds and Ray stops, so the cleanup is not
+    cut short by a second Ctrl-C.
+    """
+    if "signal" in _STOP or _STOP.get("stopping"):
+        return
+    _STOP["signal"] = signum
+    raise KeyboardInterrupt
+
+
+def _stop_ray() -> None:
+    """Shut Ray down now, while the interpreter and every native library are whole."""
+    cluster = sys.modules.get("pathray.engine.cluster")  # loaded only if a command used Ray
+    if cluster is None:
+        return
     try:
-        app()
-    except KeyboardInterrupt:
-        err.print("interrupted")
-        sys.exit(130)
+        cluster.shutdown()
+    except Exception as exc:  # the command's own outcome matters more; say it and go on
+        err.print(f"[yellow]warning:[/yellow] Ray did not shut down cleanly: {exc}")
+
+
+def main() -> None:
+    """Entry point of the ``pathray`` console script (see the module docstring for signals)."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _interrupt)
+    code: Any = 0
+    try:
+        app()  # standalone mode: always ends in SystemExit (KeyboardInterrupt -> 130)
+    except SystemExit as exc:
+        code = exc.code
+    except KeyboardInterrupt:  # outside typer's handling (e.g. while the CLI imports)
+        code = 130
+    finally:
+        _STOP["stopping"] = True
+        _stop_ray()
+    stopped_by = int(_STOP.get("signal", 0))
+    if stopped_by and code not in (0, None):  # a server that stopped on it returned 0
+        name = signal.Signals(stopped_by).name
+        err.print(f"stopped by {name}" + (" (Ctrl-C)" if stopped_by == signal.SIGINT else ""))
+        code = 128 + stopped_by
+    sys.exit(code)

@@ -6,6 +6,7 @@ it is imported only when the command runs.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Annotated
 
@@ -36,13 +37,19 @@ def ui(
 
     settings = Settings.from_env()
     settings.home.mkdir(parents=True, exist_ok=True)
-    typer.echo(f"PathRay app on http://{host}:{port}/ (catalog {settings.catalog_url})")
-    serve(
-        settings.catalog_url,
-        settings.cold_root,
-        host=host,
-        port=port,
-        secure_cookies=secure_cookies,
-        start_ray=warm_ray,
-        node_modules=node_modules or NODE,
+    typer.echo(
+        f"PathRay app on http://{host}:{port}/ (catalog {settings.catalog_url}); Ctrl-C stops it"
     )
+    # uvicorn stops on SIGINT or SIGTERM, then raises the signal again for the handler it found
+    # (the CLI's, which makes it a KeyboardInterrupt): for a server that is its normal end.
+    with contextlib.suppress(KeyboardInterrupt):
+        serve(
+            settings.catalog_url,
+            settings.cold_root,
+            host=host,
+            port=port,
+            secure_cookies=secure_cookies,
+            start_ray=warm_ray,
+            node_modules=node_modules or NODE,
+        )
+    typer.echo("Stopping: the app has stopped; shutting Ray down")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -38,11 +40,12 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         kwargs["_node_ip_address"] = LOOPBACK
     for attempt in range(4):
         try:
-            if address == "local":
-                with _loopback_node():
+            with _keep_signal_handlers():
+                if address == "local":
+                    with _loopback_node():
+                        ray.init(address=address, **kwargs)  # type: ignore[arg-type]
+                else:
                     ray.init(address=address, **kwargs)  # type: ignore[arg-type]
-            else:
-                ray.init(address=address, **kwargs)  # type: ignore[arg-type]
             break
         except Exception as exc:
             # Ray gives a new local node 30 s (fixed) to register; a busy machine can miss that.
@@ -73,6 +76,41 @@ def _loopback_node() -> Iterator[None]:
         yield
     finally:
         ray_constants.ENABLE_RAY_CLUSTER = enabled
+
+
+@contextmanager
+def _keep_signal_handlers() -> Iterator[None]:
+    """Start the driver without Ray's fatal-signal handler, and keep the process's own SIGTERM.
+
+    A driver's core worker installs Abseil's failure-signal handler, which counts SIGTERM as a
+    crash: it prints a native stack and aborts ("Aborted", status 134), skipping every
+    shutdown. The handler is installed only when ``RAY_DISABLE_FAILURE_SIGNAL_HANDLER`` (read
+    from ``ray_constants`` when the core worker is made) is false, so it is switched off for
+    this driver alone; Ray's own processes (raylet, GCS, workers) read their environment and
+    keep their crash reports. ``ray.init`` also replaces a SIGTERM handler the process already
+    set (the CLI's, :mod:`pathray.cli`); that one is put back, while a process that set none
+    keeps Ray's (which stops the local Ray's processes, then exits with status 1).
+    """
+    disabled = ray_constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER
+    ray_constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER = True
+    on_main = threading.current_thread() is threading.main_thread()
+    before = signal.getsignal(signal.SIGTERM) if on_main else None
+    try:
+        yield
+    finally:
+        ray_constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER = disabled
+        if on_main and callable(before):
+            signal.signal(signal.SIGTERM, before)
+
+
+def shutdown() -> None:
+    """Disconnect from Ray, stopping the local Ray this process started, if it is connected.
+
+    Called by the CLI before the interpreter finalises, so Ray's threads stop while every other
+    library (Lance, torch) is still whole, instead of from Ray's ``atexit`` hook.
+    """
+    if ray.is_initialized():
+        ray.shutdown()
 
 
 def cluster_cpus() -> float:

@@ -24,6 +24,9 @@ from pathray.catalog import Catalog
 log = logging.getLogger(__name__)
 #: Called with ``(tiles done, tiles total)`` as batches finish.
 Progress = Callable[[int, int], None]
+#: Seconds a cancelled or interrupted run waits for its stream's puller to leave once the
+#: stream's executor is shut down (it leaves at once unless a batch is being handed over).
+STOP_STREAM_S = 30.0
 
 
 def stream_dataset(
@@ -41,6 +44,8 @@ def stream_dataset(
     """
     counts: queue.Queue[int | BaseException | None] = queue.Queue()
     stop = threading.Event()
+    # A name of its own, so that the stream's executor thread can be found to stop it.
+    dataset.set_name(f"pathray-{tracker.run_id}")
     puller = threading.Thread(
         target=_pull, args=(dataset, counts, stop), name="pathray-batches", daemon=True
     )
@@ -70,6 +75,30 @@ def stream_dataset(
                     return processed, True
     finally:
         stop.set()  # a no-op once the stream ended; else the puller leaves at its next batch
+        if puller.is_alive():  # cancelled or interrupted while batches were still coming
+            _stop_stream(dataset, puller)
+
+
+def _stop_stream(dataset: ray.data.Dataset, puller: threading.Thread) -> None:
+    """Shut an unfinished stream's executor down and wait for the puller to leave.
+
+    Left alone, Ray Data's executor thread and the puller outlive the run: after Ray is shut
+    down (at the end of ``pathray run``, or of a test session) they call Ray again, which
+    logged tracebacks and even started a new local Ray from a daemon thread while the process
+    was exiting. Ray Data (2.59) offers no public way to stop an iteration from another thread,
+    so the executor is found by its thread's name (``StreamingExecutor-<dataset id>``) and
+    shut down; its output then ends, and the puller with it.
+    """
+    prefix = f"StreamingExecutor-{dataset.name}_"
+    for thread in threading.enumerate():
+        if thread.name.startswith(prefix) and hasattr(thread, "shutdown"):
+            try:
+                thread.shutdown(force=True)
+            except Exception as exc:  # best effort: the run's own outcome is already decided
+                log.warning("could not stop the stream's executor: %s", exc)
+    puller.join(timeout=STOP_STREAM_S)
+    if puller.is_alive():
+        log.warning("the stream did not stop within %s s", STOP_STREAM_S)
 
 
 def _pull(
