@@ -100,9 +100,7 @@ def _resolve(name: str, label_sets: Mapping[str, Sequence[str]], what: str) -> t
     return dataset, label
 
 
-def _ordered(
-    a: str, b: str, label_sets: Mapping[str, Sequence[str]], what: str
-) -> tuple[str, str]:
+def _ordered(a: str, b: str, label_sets: Mapping[str, Sequence[str]], what: str) -> tuple[str, str]:
     """The pair checked and in the datasets' order."""
     order = list(label_sets)
     (da, _), (db, _) = _resolve(a, label_sets, what), _resolve(b, label_sets, what)
@@ -156,8 +154,7 @@ def match_labels(
         del found[pair]
     for a, b in same:
         pair = _ordered(a, b, label_sets, "--same")
-        da, la = pair[0].split(":", 1)
-        db, lb = pair[1].split(":", 1)
+        la, lb = pair[0].split(":", 1)[1], pair[1].split(":", 1)[1]
         found.setdefault(pair, Merge(*pair, similarity(la, lb), "user"))
     return list(found.values())
 
