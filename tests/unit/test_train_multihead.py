@@ -273,3 +273,12 @@ def test_python_api_round_robin(
     assert run["config"]["max_iterations"] == 40 and run["training"]["iterations"] <= 40
     assert ["gt_a:stroma", "B:other"] in run["config"]["merges"]
     assert any(line.startswith("stopped after") for line in lines)
+
+
+def test_the_multihead_units_are_registered() -> None:
+    from pathray.cli import app
+
+    for name in ("nucleus_multihead_classifier", "nucleus_multihead_crop_cnn"):
+        result = runner.invoke(app, ["units", "show", name])
+        assert result.exit_code == 0, result.output
+        assert "dataset_labels" in result.output
