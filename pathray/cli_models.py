@@ -1,4 +1,4 @@
-"""``pathray models``: list, register, show (versions, card, lineage) and promote models.
+"""``pathray models``: list, register, train, show (versions, card, lineage) and promote models.
 
 Mounted by :mod:`pathray.cli` as ``app.add_typer(models_app, name="models")``. This module
 imports nothing from :mod:`pathray.cli` (which imports it), so it keeps its own small helpers.
@@ -28,6 +28,11 @@ if TYPE_CHECKING:
 models_app = typer.Typer(
     help="The model registry: models, versions, lineage, aliases.", no_args_is_help=True
 )
+train_app = typer.Typer(
+    help="Train a model from annotation sets and register it as a new version.",
+    no_args_is_help=True,
+)
+models_app.add_typer(train_app, name="train")
 
 console = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True)
@@ -219,6 +224,151 @@ def models_promote(
         console.print(f"{promoted.ref} is now {alias}")
     else:
         console.print(f"{promoted.ref} is now {alias} (was {name}@{previous})")
+
+
+def _label_pairs(
+    same: list[str], distinct: list[str], mapping: Path | None
+) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """The ``--same`` and ``--distinct`` pairs, plus those of a YAML mapping file."""
+    from pathray.units.label_matching import parse_pair
+
+    pairs = {"same": [parse_pair(t) for t in same], "distinct": [parse_pair(t) for t in distinct]}
+    if mapping is not None:
+        import yaml
+
+        from pathray.errors import ConfigError, NotFoundError
+
+        if not mapping.is_file():
+            raise NotFoundError(f"The label mapping must be a YAML file. Got {mapping} instead.")
+        data = yaml.safe_load(mapping.read_text(encoding="utf-8")) or {}
+        if not isinstance(data, dict) or set(data) - {"same", "distinct"}:
+            raise ConfigError(
+                "The label mapping must be a YAML mapping with keys 'same' and 'distinct'. "
+                f"Got {data!r} instead."
+            )
+        for key in ("same", "distinct"):
+            for item in data.get(key) or []:
+                if isinstance(item, str):
+                    pairs[key].append(parse_pair(item))
+                elif isinstance(item, list | tuple) and len(item) == 2:
+                    pairs[key].append((str(item[0]), str(item[1])))
+                else:
+                    raise ConfigError(
+                        f"Entries of {key!r} must be 'A:x=B:y' or [A:x, B:y]. Got {item!r}."
+                    )
+    return pairs["same"], pairs["distinct"]
+
+
+@train_app.command("multihead")
+@_friendly
+def train_multihead_command(
+    name: Annotated[str, typer.Argument(help="Model name (a new version if it exists).")],
+    dataset: Annotated[
+        list[str],
+        typer.Option(
+            "--dataset",
+            "-d",
+            help="A dataset as [NAME=]IMAGE_SET:ANNOTATION_SET (labelled nucleus polygons); "
+            "repeat for each dataset.",
+        ),
+    ],
+    same: Annotated[
+        list[str] | None,
+        typer.Option("--same", help="Merge two labels: A:label=B:label (repeatable)."),
+    ] = None,
+    distinct: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--distinct", help="Keep two labels matched by name apart: A:x=B:y (repeatable)."
+        ),
+    ] = None,
+    mapping: Annotated[
+        Path | None,
+        typer.Option("--mapping", help="YAML file with 'same' and 'distinct' lists of pairs."),
+    ] = None,
+    similarity: Annotated[
+        float, typer.Option(help="Name similarity from which labels of two datasets merge.")
+    ] = 0.8,
+    unit: Annotated[
+        str,
+        typer.Option(help="nucleus_multihead_classifier (features) or nucleus_multihead_crop_cnn."),
+    ] = "nucleus_multihead_classifier",
+    sampling: Annotated[str, typer.Option(help="random or round_robin.")] = "random",
+    max_iterations: Annotated[
+        int | None, typer.Option(help="Iteration cap (training stops earlier on a plateau).")
+    ] = None,
+    validation: Annotated[
+        float, typer.Option(help="Fraction of each dataset's slides held out.")
+    ] = 0.5,
+    tiles_per_slide: Annotated[int, typer.Option(help="Labelled tiles cut per slide.")] = 8,
+    seed: Annotated[int, typer.Option(help="Seed of the split, the tiles and training.")] = 0,
+    config: Annotated[
+        str | None, typer.Option(help="More unit config as JSON, e.g. '{\"hidden\": [32]}'.")
+    ] = None,
+    alias: Annotated[
+        str | None, typer.Option("--alias", help="Alias to point at the new version.")
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Check and report the label merges; train nothing.")
+    ] = False,
+    actor: Annotated[str, typer.Option(help="Who acts (recorded in the audit log).")] = ME,
+) -> None:
+    """Train one nucleus classifier on several differently labelled datasets.
+
+    Labels of different datasets whose names are alike (similarity >= 0.8) are merged; the
+    merges are printed and can be overridden with --same, --distinct or --mapping. Slides are
+    split by slide per dataset; the model is scored on each dataset's held-out slides and
+    registered with its training data in the version's lineage.
+    """
+    from pathray.errors import ConfigError
+    from pathray.services.training import parse_dataset, plan_multihead, train_multihead
+
+    sources = [parse_dataset(d) for d in dataset]
+    same_pairs, distinct_pairs = _label_pairs(same or [], distinct or [], mapping)
+    try:
+        extra = json.loads(config) if config else {}
+    except ValueError as exc:
+        raise ConfigError(f"--config must be a JSON object. Got {config!r} ({exc}).") from None
+    if not isinstance(extra, dict):
+        raise ConfigError(f"--config must be a JSON object. Got {config!r} instead.")
+    catalog = _catalog()
+    if dry_run:
+        plan = plan_multihead(
+            catalog,
+            sources,
+            same=same_pairs,
+            distinct=distinct_pairs,
+            threshold=similarity,
+            validation=validation,
+            seed=seed,
+        )
+        for key, labels in plan.label_sets.items():
+            console.print(f"dataset {key}: labels {labels}")
+        for m in plan.merges:
+            console.print(f"merged {m.a} = {m.b} ({m.source}, similarity {m.score:.2f})")
+        if not plan.merges:
+            console.print("merged no labels")
+        return
+    trained = train_multihead(
+        catalog,
+        Settings.from_env().cold_root,
+        name,
+        sources,
+        unit=unit,
+        config=extra,
+        same=same_pairs,
+        distinct=distinct_pairs,
+        threshold=similarity,
+        sampling=sampling,
+        max_iterations=max_iterations,
+        validation=validation,
+        seed=seed,
+        tiles_per_slide=tiles_per_slide,
+        alias=alias,
+        actor=actor,
+        progress=lambda line: console.print(line, highlight=False),
+    )
+    console.print(f"lineage: pathray models show {name} --version {trained.version.version}")
 
 
 __all__ = ["format_metrics", "models_app"]

@@ -348,6 +348,19 @@ TINY_CONFIGS: dict[str, dict[str, object]] = {
     "nucleus_unet": {"channels": (4, 8), "iterations": 3, "crop_size": 32, "batch": 2},
     "nucleus_object_classifier": {"n_estimators": 10},
     "nucleus_crop_cnn": {"input_size": 16, "widths": (4, 8), "iterations": 3, "batch": 8},
+    # the label space is fixed so that the per-dataset columns are declared (declared_outputs)
+    "nucleus_multihead_classifier": {
+        "datasets": {"synthetic": DEFAULT_CLASSES},
+        "hidden": (8,),
+        "max_iterations": 20,
+    },
+    "nucleus_multihead_crop_cnn": {
+        "datasets": {"synthetic": DEFAULT_CLASSES},
+        "input_size": 16,
+        "widths": (4,),
+        "max_iterations": 3,
+        "batch": 8,
+    },
 }
 
 

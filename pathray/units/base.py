@@ -188,6 +188,17 @@ class Unit(ABC):
         return cls.outputs[0].granularity if cls.outputs else cls.input_granularity()
 
     @classmethod
+    def declared_outputs(
+        cls, config: UnitConfig | Mapping[str, Any] | None = None
+    ) -> tuple[Column, ...]:
+        """The output columns a unit with this config writes (default: ``outputs``).
+
+        A unit whose columns depend on its config (one column pair per dataset of the
+        multi-dataset classifiers) overrides it.
+        """
+        return cls.outputs
+
+    @classmethod
     def emits_objects(cls) -> bool:
         """Whether the unit turns tiles into objects (and so returns ``parent_index``)."""
         return cls.input_granularity() == "tile" and cls.output_granularity() == "object"

@@ -2,9 +2,11 @@
 
 Units register under the ``pathray.units`` entry-point group (PathRay's own built-ins are
 declared in ``pyproject.toml`` the same way), so a lab's package adds units by declaring its own
-entry points; :func:`register` adds one at run time (tests, notebooks). The reference units of
-the core (:mod:`pathray.units.examples`) are registered even where the installed distribution's
-entry points are stale (a checkout imported through ``PYTHONPATH``).
+entry points; :func:`register` adds one at run time (tests, notebooks). Where the installed
+distribution's entry points are stale (a checkout imported through ``PYTHONPATH``, an editable
+install made before a unit was added), the entry points that the checkout's own
+``pyproject.toml`` declares are read too, and the reference units of the core
+(:mod:`pathray.units.examples`) are registered in any case.
 
 Example:
     >>> sorted(available())[:2]  # doctest: +SKIP
@@ -13,7 +15,9 @@ Example:
 
 from __future__ import annotations
 
+import tomllib
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Any
 
 from pathray.errors import NotFoundError
@@ -47,10 +51,25 @@ def _load_entry_points() -> None:
     for ep in entry_points(group="pathray.units"):
         cls = ep.load()
         _registry.setdefault(cls.name, cls)
-    for path in _CORE_UNITS:
+    for path in (*_checkout_units(), *_CORE_UNITS):
         cls = load_unit_class(path)
         _registry.setdefault(cls.name, cls)
     _loaded = True
+
+
+def _checkout_units() -> list[str]:
+    """Unit paths that the ``pyproject.toml`` of the checkout this package runs from declares.
+
+    Empty for an installed wheel (no ``pyproject.toml`` beside the package).
+    """
+    pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
+    try:
+        project = tomllib.loads(pyproject.read_text(encoding="utf-8")).get("project", {})
+    except (OSError, tomllib.TOMLDecodeError):
+        return []
+    if project.get("name") != "pathray":
+        return []
+    return list(project.get("entry-points", {}).get("pathray.units", {}).values())
 
 
 def available() -> dict[str, type[Unit]]:

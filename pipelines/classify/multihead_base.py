@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import time
 from abc import abstractmethod
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
@@ -29,6 +30,7 @@ from pydantic import Field, field_validator, model_validator
 
 from pathray.errors import ConfigError
 from pathray.units.base import Batch, Column
+from pathray.units.label_matching import cross_targets
 from pathray.units.trainable import (
     TorchConfig,
     TrainableUnit,
@@ -88,6 +90,10 @@ class MultiHeadConfig(TorchConfig):
         tol: Decrease of the window's mean loss that counts as an improvement.
         threshold: None: one label per dataset (arg-max); else every label of a slice whose
             probability reaches it (inference only).
+        merges: Labels of different datasets that are one class, as ``("A:tumor",
+            "B:tumour")`` pairs (see :func:`pathray.units.label_matching.match_labels`): a
+            sample whose label is merged with exactly one label of another dataset also trains
+            that dataset's slice with it (:func:`~pathray.units.label_matching.cross_targets`).
     """
 
     datasets: dict[str, tuple[str, ...]] | None = None
@@ -103,6 +109,18 @@ class MultiHeadConfig(TorchConfig):
     patience: int = Field(4, ge=1)
     tol: float = Field(1e-3, ge=0)
     threshold: float | None = Field(None, gt=0, lt=1)
+    merges: tuple[tuple[str, str], ...] = ()
+
+    @field_validator("merges")
+    @classmethod
+    def _qualified(cls, value: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+        for pair in value:
+            for name in pair:
+                if ":" not in name:
+                    raise ValueError(
+                        f"merged labels must be named DATASET:LABEL. Got {name!r} instead."
+                    )
+        return value
 
     @field_validator("datasets")
     @classmethod
@@ -224,18 +242,33 @@ class MultiHeadBase(TrainableUnit):
             datasets = [datasets] * len(labels)
         return LabelSpace.infer(datasets, labels)
 
-    def _fit(self, X: Any, y: Any = None, datasets: Any = None, **kwargs: Any) -> None:  # noqa: N803
+    def _fit(
+        self,
+        X: Any,  # noqa: N803
+        y: Any = None,
+        datasets: Any = None,
+        progress: Callable[[int, float], None] | None = None,
+        **kwargs: Any,
+    ) -> None:
         import torch
 
         owners, labels = split_targets(y, datasets)
+        owners = np.full(len(labels), owners, object) if isinstance(owners, str) else owners
+        owners = np.asarray(owners, dtype=object).astype(str)
+        labels = np.asarray(labels, dtype=object).astype(str)
         space = self.label_space(owners, labels)
-        targets, which = space.encode(owners, labels)
+        space.encode(owners, labels)  # validates the samples before the merges add any
         inputs = self._inputs(X, fitting=True)
-        if len(inputs) != len(targets):
+        if len(inputs) != len(labels):
             raise ConfigError(
                 f"fit needs one label per sample. Got {len(inputs)} samples and "
-                f"{len(targets)} labels instead."
+                f"{len(labels)} labels instead."
             )
+        n_samples = len(labels)
+        rows, owners, labels = self._cross_supervised(space, owners, labels)
+        targets, which = space.encode(owners, labels)
+        if len(rows) > n_samples:
+            inputs = inputs[rows]
         c = self.config
         sampler = DatasetSampler(
             which,
@@ -270,6 +303,7 @@ class MultiHeadBase(TrainableUnit):
                 plateau=plateau,
                 lr=c.lr,
                 device=self._device,
+                progress=progress,
             )
         self.model_ = model
         self.label_space_ = space
@@ -284,6 +318,7 @@ class MultiHeadBase(TrainableUnit):
         }
         self.training_ = {
             "samples": len(targets),
+            "cross_supervised": len(rows) - n_samples,
             "label_counts": {n: {k: int(v) for k, v in d.items()} for n, d in counts.items()},
             "iterations": self.n_iter_,
             "converged": self.converged_,
@@ -292,6 +327,43 @@ class MultiHeadBase(TrainableUnit):
             "seconds": round(time.perf_counter() - start, 3),
             "device": self._device,
         }
+
+    def _cross_supervised(
+        self, space: LabelSpace, owners: np.ndarray, labels: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The samples again, each sample of a merged label once more per dataset it trains.
+
+        Returns:
+            ``(rows, datasets, labels)``: ``rows`` indexes the original samples (the first
+            ``len(labels)`` are ``0..n-1``).
+
+        Raises:
+            ConfigError: If a merge names a dataset or label outside the label space.
+        """
+        n = len(labels)
+        if not self.config.merges:
+            return np.arange(n), owners, labels
+        known = space.to_dict()
+        for pair in self.config.merges:
+            for name in pair:
+                dataset, _, label = name.partition(":")
+                if label not in known.get(dataset, ()):
+                    raise ConfigError(
+                        f"Merged labels must be labels of the label space {known}. "
+                        f"Got {name!r} instead."
+                    )
+        rows, extra_owners, extra_labels = [np.arange(n)], [owners], [labels]
+        for (dataset, label), others in cross_targets(self.config.merges).items():
+            mine = np.flatnonzero((owners == dataset) & (labels == label))
+            for other, other_label in others:
+                rows.append(mine)
+                extra_owners.append(np.full(len(mine), other, object))
+                extra_labels.append(np.full(len(mine), other_label, object))
+        return (
+            np.concatenate(rows),
+            np.concatenate(extra_owners).astype(str),
+            np.concatenate(extra_labels).astype(str),
+        )
 
     # -- prediction -----------------------------------------------------------------------------
 

@@ -208,6 +208,7 @@ def train_until_plateau(
     plateau: Plateau,
     lr: float,
     device: str,
+    progress: Callable[[int, float], None] | None = None,
 ) -> TrainResult:
     """Train with Adam until the loss plateaus or ``max_iterations`` steps.
 
@@ -219,6 +220,8 @@ def train_until_plateau(
         plateau: The convergence test.
         lr: Learning rate.
         device: Where to compute.
+        progress: Called with ``(steps done, mean loss)`` at the end of every plateau window
+            and at the last step.
 
     Returns:
         The :class:`TrainResult`.
@@ -236,7 +239,11 @@ def train_until_plateau(
         loss.backward()
         optimiser.step()
         history.append(float(loss.detach()))
-        if plateau.update(history[-1]):
+        stop = plateau.update(history[-1])
+        last = stop or step + 1 == max_iterations
+        if progress is not None and ((step + 1) % plateau.window == 0 or last):
+            progress(step + 1, float(np.mean(history[-plateau.window :])))
+        if stop:
             converged = True
             break
     model.eval()

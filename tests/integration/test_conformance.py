@@ -269,9 +269,11 @@ def _assert_same(expected: Batch, actual: Batch, where: str) -> None:
             np.testing.assert_array_equal(got, want, err_msg=name)
 
 
-def _check_declared(cls: type[Unit], raw: Batch, n_in: int) -> None:
+def _check_declared(
+    cls: type[Unit], raw: Batch, n_in: int, config: dict[str, Any] | None = None
+) -> None:
     """The unit's raw output holds exactly its declared columns, with their dtypes and shapes."""
-    declared = {c.name: c for c in cls.outputs}
+    declared = {c.name: c for c in cls.declared_outputs(config)}
     extra = {PARENT_INDEX} if cls.emits_objects() else set()
     assert set(raw) == set(declared) | extra, f"{cls.name}: undeclared or missing output columns"
     lengths = {len(np.asarray(v)) for v in raw.values()}
@@ -312,7 +314,7 @@ def test_unit_gives_the_same_outputs_in_process_and_on_ray(
     unit = cls(config, artifacts)
     real_rows = {k: np.asarray(v)[real] for k, v in batch.items()}
     raw = unit(dict(real_rows))
-    _check_declared(cls, raw, int(real.sum()))
+    _check_declared(cls, raw, int(real.sum()), config)
     _assert_same(raw, cls(config, artifacts)(dict(real_rows)), f"{name} (second instance)")
     # through the engine's stage: in-process and on Ray
     kwargs = inputs.stage_kwargs(name)
