@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from pathray.errors import ConfigError
-from pathray.models.card import ModelCard
+from pathray.models.card import ModelCard, Precision
 from pathray.models.runtime import Predictor, load_predictor
 from pathray.units.base import Unit
 
@@ -117,7 +117,7 @@ class ModelUnit(Unit):
             raise ConfigError(
                 f"{self.name} needs a model: give the node 'model: name@version'. Got none."
             )
-        precision = getattr(self.config, "precision", "float32")
+        precision: Precision = getattr(self.config, "precision", "float32")
         self.predictor = load_predictor(folder, precision=precision)
         self.card = self.predictor.card
         self.check_card(self.card.to_json(), str(folder))
@@ -157,7 +157,7 @@ class ModelUnit(Unit):
         scores = [np.empty((0, k), np.float32)]
         for start in range(0, len(rows), batch_size):
             chunk = rows[start : start + batch_size]
-            x = np.stack([prepare(row) for row in chunk]) if prepare is not None else chunk
+            x = np.stack([prepare(row) for row in chunk]) if prepare else np.asarray(chunk)
             scores.append(np.asarray(self.predictor.predict(x), np.float32).reshape(len(x), k))
         return np.concatenate(scores)
 
