@@ -73,8 +73,18 @@ def _segmenter_source(folder: Path) -> Path:
     return folder
 
 
+def _crop_classifier_source(folder: Path) -> Path:
+    """A tiny TorchScript nucleus crop classifier reading 96 px crops (resized from 64 px)."""
+    from pathray.models.examples import crop_card, crop_net, save_torchscript
+
+    model = save_torchscript(crop_net(), folder / "cells.pt", 96)
+    (folder / "card.json").write_text(json.dumps(crop_card("torchscript", model.name, size=96)))
+    return folder
+
+
 #: Units that run a registered model -> a builder of the source folder to register.
 MODEL_SOURCES = {
+    "crop_classifier": _crop_classifier_source,
     "tile_classifier": _tile_classifier_source,
     "object_classifier": _object_classifier_source,
     "segmenter": _segmenter_source,
