@@ -194,6 +194,8 @@ def colour_net(colours: Sequence[Sequence[int]], window: int = 16, gain: float =
     ) / (torch.tensor(STD))
 
     class CentreColour(nn.Module):
+        prototypes: torch.Tensor
+
         def __init__(self) -> None:
             super().__init__()
             self.register_buffer("prototypes", prototypes)
