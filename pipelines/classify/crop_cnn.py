@@ -7,7 +7,8 @@ nucleus centroid (reflected at the tile edge; with the nucleus mask as a fourth 
 ``mask_channel``, so the network knows which nucleus is meant), resizes it to ``input_size`` and
 classifies it with a small CNN or a ResNet-18 (``weights=None``: never a download). It emits one
 object row per nucleus owned by the tile's core (centroid rule), with ``parent_index``, outline,
-box, centroid, ``class_label`` and ``class_probability``.
+box, centroid, ``class_label`` and ``class_probability``. The crops and the objects are made by
+:mod:`pipelines.classify.crops`, as for ``crop_classifier`` (any registered image classifier).
 
 Training: ``unit.training_set(images, instance_labels, class_labels)`` cuts the crops of the
 reference nuclei exactly as inference does, and ``unit.fit(crops, classes)`` trains with Adam,
@@ -28,9 +29,7 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
-import cv2
 import numpy as np
-import shapely
 from pydantic import Field
 
 from pathray.errors import ConfigError
@@ -44,65 +43,17 @@ from pathray.units.trainable import (
     to_device,
     train_torch,
 )
+from pipelines.classify.crops import (
+    GEOMETRY_OUTPUTS,
+    empty_geometry,
+    extract_crops,
+    nucleus_centroids,
+    owned_nuclei,
+    resize_crops,
+)
 from pipelines.classify.object_classifier import CLASS_OUTPUTS
 from pipelines.nuclei.pixel_classifier import check_mpp
 from pipelines.training_data import random_dihedral, stain_jitter
-
-_GEOMETRY = ("bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1", "centroid_x", "centroid_y")
-
-
-def nucleus_centroids(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Ids of the instances of a label image and their centroids ``(row, col)``."""
-    rows, cols = np.nonzero(labels)
-    ids = labels[rows, cols]
-    count = np.bincount(ids)
-    present = np.flatnonzero(count)
-    present = present[present > 0]
-    centre = (
-        np.stack(
-            [np.bincount(ids, weights=rows)[present], np.bincount(ids, weights=cols)[present]],
-            axis=1,
-        )
-        / count[present, None]
-    )
-    return present.astype(np.int64), centre
-
-
-def extract_crops(
-    image: np.ndarray,
-    labels: np.ndarray,
-    ids: np.ndarray,
-    centres: np.ndarray,
-    *,
-    size: int,
-    mask_channel: bool,
-) -> np.ndarray:
-    """Windows of ``size`` px centred on each nucleus, ``(n, size, size, 3 or 4)`` uint8.
-
-    Args:
-        image: ``(H, W, 3)`` uint8 RGB tile.
-        labels: ``(H, W)`` instance labels.
-        ids: Instances to crop.
-        centres: Their centroids ``(row, col)``.
-        size: Window edge.
-        mask_channel: Add the instance's mask (255 inside) as a fourth channel.
-
-    Returns:
-        The crops (the image is reflected beyond the tile edge).
-    """
-    half = size // 2
-    pad = half + 1
-    padded = cv2.copyMakeBorder(
-        np.ascontiguousarray(image[..., :3]), pad, pad, pad, pad, cv2.BORDER_REFLECT_101
-    )
-    lab = np.pad(labels, pad) if mask_channel else labels
-    out = np.zeros((len(ids), size, size, 4 if mask_channel else 3), np.uint8)
-    for k, (index, (row, col)) in enumerate(zip(ids, centres, strict=True)):
-        y0, x0 = int(np.floor(row)) - half + pad, int(np.floor(col)) - half + pad
-        out[k, :, :, :3] = padded[y0 : y0 + size, x0 : x0 + size]
-        if mask_channel:
-            out[k, :, :, 3] = (lab[y0 : y0 + size, x0 : x0 + size] == index) * 255
-    return out
 
 
 def build_classifier(arch: str, widths: tuple[int, ...], in_channels: int, n_classes: int) -> Any:
@@ -182,11 +133,7 @@ class NucleusCropCNN(TrainableUnit):
         Column("image", "uint8", (None, None, 3)),
         Column("nucleus_labels", "int32", (None, None)),
     )
-    outputs = (
-        Column("polygon", "wkb", granularity="object", description="outline, level-0 px"),
-        *(Column(name, "float64", granularity="object") for name in _GEOMETRY),
-        *CLASS_OUTPUTS,
-    )
+    outputs = (*GEOMETRY_OUTPUTS, *CLASS_OUTPUTS)
     resources = Resources(num_cpus=1.0, num_gpus=0.25)
     batch_size = 8
     learned = ("model_", "classes_")
@@ -252,15 +199,7 @@ class NucleusCropCNN(TrainableUnit):
         import torch
 
         size = self.config.input_size
-        if crops.shape[1] != size:
-            crops = np.stack(
-                [
-                    cv2.resize(c, (size, size), interpolation=cv2.INTER_LINEAR).reshape(
-                        size, size, -1
-                    )
-                    for c in crops
-                ]
-            )
+        crops = resize_crops(crops, (size, size))
         x = torch.from_numpy(np.ascontiguousarray(crops)).permute(0, 3, 1, 2).float()
         return x / 255.0 - 0.5
 
@@ -338,41 +277,25 @@ class NucleusCropCNN(TrainableUnit):
 
     def __call__(self, batch: Batch) -> Batch:
         """Classify the nuclei each tile's core owns; one row per nucleus."""
-        from pipelines.nuclei.features import label_to_polygons
-
         self.check_fitted()
         parts: dict[str, list[np.ndarray]] = {}
         for i in range(len(batch["nucleus_labels"])):
-            labels = np.asarray(batch["nucleus_labels"][i])
-            if not labels.any():
-                continue
-            down, x, y = float(batch["downsample"][i]), float(batch["x"][i]), float(batch["y"][i])
-            ids, centres = nucleus_centroids(labels)
-            cx, cy = x + (centres[:, 1] + 0.5) * down, y + (centres[:, 0] + 0.5) * down
-            polygons = dict(label_to_polygons(labels, offset=(x, y), downsample=down))
-            geoms = np.array([polygons.get(int(k)) for k in ids], dtype=object)
-            owned = np.array([g is not None and not g.is_empty for g in geoms], bool)
-            owned &= (cx >= batch["core_x0"][i]) & (cx < batch["core_x1"][i])
-            owned &= (cy >= batch["core_y0"][i]) & (cy < batch["core_y1"][i])
-            if not owned.any():
+            nuclei = owned_nuclei(batch, i)
+            if nuclei is None:
                 continue
             crops = extract_crops(
                 batch["image"][i],
-                labels,
-                ids[owned],
-                centres[owned],
+                nuclei.labels,
+                nuclei.ids,
+                nuclei.centres,
                 size=self.config.crop_size,
                 mask_channel=self.config.mask_channel,
             )
             proba = self.predict_proba(crops)
             best = proba.argmax(axis=1)
-            bounds = shapely.bounds(geoms[owned])
             columns = {
                 PARENT_INDEX: np.full(len(best), i, np.int64),
-                "polygon": np.array(shapely.to_wkb(geoms[owned]), dtype=object),
-                **{n: bounds[:, j] for j, n in enumerate(_GEOMETRY[:4])},
-                "centroid_x": cx[owned],
-                "centroid_y": cy[owned],
+                **nuclei.columns,
                 "class_label": np.asarray(self.classes_, dtype=object)[best],
                 "class_probability": proba[np.arange(len(best)), best],
             }
@@ -384,8 +307,7 @@ class NucleusCropCNN(TrainableUnit):
     def _assemble(parts: dict[str, list[np.ndarray]]) -> Batch:
         empty: Batch = {
             PARENT_INDEX: np.zeros(0, np.int64),
-            "polygon": np.zeros(0, dtype=object),
-            **{name: np.zeros(0, np.float64) for name in _GEOMETRY},
+            **empty_geometry(),
             "class_label": np.zeros(0, dtype=object),
             "class_probability": np.zeros(0, np.float32),
         }

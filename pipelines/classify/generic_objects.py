@@ -13,20 +13,14 @@ Example (pipeline nodes)::
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 from pydantic import Field
 
 from pathray.errors import ConfigError
-from pathray.models.runtime import Predictor, load_predictor
-from pathray.units.base import Batch, Column, Resources, Unit, UnitConfig
-
-if TYPE_CHECKING:
-    from pathray.catalog.records import ModelVersion
-
-_FORMATS = ("skops", "xgboost_json", "xgboost_ubj")
+from pathray.units.base import Batch, Column, Resources, UnitConfig
+from pathray.units.model_unit import ModelUnit
 
 #: What every generic object classifier writes on each object.
 OBJECT_CLASS_OUTPUTS = (
@@ -52,33 +46,6 @@ class ObjectClassifierConfig(UnitConfig):
     batch_size: int = Field(4096, ge=1)
 
 
-def check_object_card(card: Mapping[str, Any], where: str) -> None:
-    """Check that a card describes a feature object classifier this unit can run.
-
-    Args:
-        card: The card as JSON data (empty for versions registered without one).
-        where: The model version, for the message.
-
-    Raises:
-        ConfigError: No card, another task or format, or no features or classes.
-    """
-    if not card:
-        raise ConfigError(
-            f"object_classifier needs a model with a model card. {where} has none; register it "
-            "with 'pathray models register'."
-        )
-    problems = []
-    if card.get("task") != "object_classification":
-        problems.append(f"task must be 'object_classification' (got {card.get('task')!r})")
-    if card.get("format") not in _FORMATS:
-        problems.append(f"format must be one of {list(_FORMATS)} (got {card.get('format')!r})")
-    for key in ("features", "class_names"):
-        if not card.get(key):
-            problems.append(f"{key} must be given")
-    if problems:
-        raise ConfigError(f"object_classifier cannot run {where}: {'; '.join(problems)}.")
-
-
 def label_objects(probabilities: np.ndarray, classes: np.ndarray) -> Batch:
     """The object class columns from ``(n, k)`` probabilities and the ``k`` class names."""
     best = probabilities.argmax(axis=1).astype(np.int32)
@@ -89,7 +56,7 @@ def label_objects(probabilities: np.ndarray, classes: np.ndarray) -> Batch:
     }
 
 
-class ObjectClassifier(Unit):
+class ObjectClassifier(ModelUnit):
     """Per-object class probabilities, class and label from a registered feature model."""
 
     name = "object_classifier"
@@ -104,29 +71,13 @@ class ObjectClassifier(Unit):
     outputs = OBJECT_CLASS_OUTPUTS
     resources = Resources(num_cpus=1.0)
     batch_size = 4096
-    needs_model: ClassVar[bool] = True
+    tasks: ClassVar[tuple[str, ...]] = ("object_classification",)
+    formats: ClassVar[tuple[str, ...]] = ("skops", "xgboost_json", "xgboost_ubj")
+    required: ClassVar[tuple[str, ...]] = ("features", "class_names")
 
-    @classmethod
-    def check_model(cls, version: ModelVersion) -> None:
-        """Accept only feature object classifiers with a card (task, format, features, classes).
-
-        Raises:
-            ConfigError: The version does not fit, with the reason.
-        """
-        check_object_card(version.card, version.ref)
-
-    def setup(self) -> None:
-        """Load the model (checked against its SHA-256) and keep it resident."""
-        folder = self.artifacts.get("model")
-        if folder is None:
-            raise ConfigError(
-                "object_classifier needs a model: give the node 'model: name@version'. Got none."
-            )
-        self.predictor: Predictor = load_predictor(folder)
-        card = self.predictor.card
-        check_object_card(card.to_json(), str(folder))
-        self.features = list(card.features)
-        self.classes = np.array(card.class_names, dtype=object)
+    def setup_model(self) -> None:
+        """The object columns the card names, in the model's column order."""
+        self.features = list(self.card.features)
 
     def feature_matrix(self, batch: Batch) -> np.ndarray:
         """The ``(n, len(features))`` float32 matrix of the card's columns (NaN and inf -> 0).
@@ -151,12 +102,7 @@ class ObjectClassifier(Unit):
     def __call__(self, batch: Batch) -> Batch:
         """Classify each object from its feature columns."""
         matrix = self.feature_matrix(batch)
-        k = len(self.classes)
-        scores = [np.empty((0, k), np.float32)]
-        for start in range(0, len(matrix), self.config.batch_size):
-            chunk = matrix[start : start + self.config.batch_size]
-            scores.append(np.asarray(self.predictor.predict(chunk), np.float32).reshape(-1, k))
-        return label_objects(np.concatenate(scores), self.classes)
+        return label_objects(self.predict_rows(matrix, self.config.batch_size), self.classes)
 
 
-__all__ = ["OBJECT_CLASS_OUTPUTS", "ObjectClassifier", "check_object_card", "label_objects"]
+__all__ = ["OBJECT_CLASS_OUTPUTS", "ObjectClassifier", "label_objects"]

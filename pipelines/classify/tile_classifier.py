@@ -14,22 +14,15 @@ Example (a pipeline node)::
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import cv2
 import numpy as np
 from pydantic import Field
 
-from pathray.errors import ConfigError
-from pathray.models.card import ModelCard
-from pathray.models.runtime import Predictor, TorchScriptPredictor, load_predictor
-from pathray.units.base import Batch, Column, Resources, Unit, UnitConfig
+from pathray.units.base import Batch, Column, Resources, UnitConfig
+from pathray.units.model_unit import ModelUnit, softmax
 
-if TYPE_CHECKING:
-    from pathray.catalog.records import ModelVersion
-
-_FORMATS = ("torchscript", "onnx")
 _WHITE = 255
 
 
@@ -47,34 +40,7 @@ class TileClassifierConfig(UnitConfig):
     precision: Literal["float32", "float16", "bfloat16"] = "float32"
 
 
-def check_tile_card(card: Mapping[str, Any], where: str) -> None:
-    """Check that a card describes a tile classifier this unit can run.
-
-    Args:
-        card: The card as JSON data (empty for versions registered without one).
-        where: The model version, for the message.
-
-    Raises:
-        ConfigError: No card, another task or format, or no input size, mpp or classes.
-    """
-    if not card:
-        raise ConfigError(
-            f"tile_classifier needs a model with a model card. {where} has none; register it "
-            "with 'pathray models register'."
-        )
-    problems = []
-    if card.get("task") != "tile_classification":
-        problems.append(f"task must be 'tile_classification' (got {card.get('task')!r})")
-    if card.get("format") not in _FORMATS:
-        problems.append(f"format must be one of {list(_FORMATS)} (got {card.get('format')!r})")
-    for key in ("input_size", "mpp", "class_names"):
-        if not card.get(key):
-            problems.append(f"{key} must be given")
-    if problems:
-        raise ConfigError(f"tile_classifier cannot run {where}: {'; '.join(problems)}.")
-
-
-class TileClassifier(Unit):
+class TileClassifier(ModelUnit):
     """Per-tile class probabilities, class and label from a registered tile classifier."""
 
     name = "tile_classifier"
@@ -94,48 +60,17 @@ class TileClassifier(Unit):
     )
     resources = Resources(num_cpus=1.0)
     batch_size = 16
-    needs_model: ClassVar[bool] = True
-
-    @classmethod
-    def check_model(cls, version: ModelVersion) -> None:
-        """Accept only tile classifiers with a card (task, format, input size, mpp, classes).
-
-        Raises:
-            ConfigError: The version does not fit, with the reason.
-        """
-        check_tile_card(version.card, version.ref)
-
-    def setup(self) -> None:
-        """Load the model (checked against its SHA-256) and keep it resident."""
-        folder = self.artifacts.get("model")
-        if folder is None:
-            raise ConfigError(
-                "tile_classifier needs a model: give the node 'model: name@version'. Got none."
-            )
-        self.predictor: Predictor = load_predictor(folder, precision=self.config.precision)
-        if isinstance(self.predictor, TorchScriptPredictor):
-            self.predictor.freeze()  # BatchNorm folded: 1.36x on a ResNet-18, one CPU thread
-        card = self.predictor.card
-        check_tile_card(card.to_json(), str(folder))
-        self.card: ModelCard = card
-        self.classes = np.array(card.class_names, dtype=object)
-        norm = card.normalisation
-        mean = np.asarray(norm.mean if norm else (0.0,), np.float32)
-        std = np.asarray(norm.std if norm else (1.0,), np.float32)
-        # (pixel / 255 - mean) / std as one multiply-add per value, over the whole batch
-        self.gain = 1.0 / (255.0 * std)
-        self.offset = -mean / std
+    tasks: ClassVar[tuple[str, ...]] = ("tile_classification",)
+    required: ClassVar[tuple[str, ...]] = ("input_size", "mpp", "class_names")
 
     def _view(self, image: np.ndarray) -> np.ndarray:
         """One tile's field of view at the model's input size (uint8, HWC)."""
+        image = np.asarray(image)
         height, width = self.card.input_size or (0, 0)
         assert self.card.mpp is not None  # checked in setup
         scale = self.card.mpp / self.config.mpp
         view_h, view_w = max(1, round(height * scale)), max(1, round(width * scale))
-        if image.shape[:2] == (view_h, view_w):
-            view = image[:, :, :3]  # the usual case: tiles cut at the card's field of view
-        else:
-            view = _centre(image, view_h, view_w)
+        view = _centre(image, view_h, view_w)
         if view.shape[:2] != (height, width):
             shrink = view_h > height
             interpolation = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
@@ -143,27 +78,15 @@ class TileClassifier(Unit):
         return view
 
     def _model_input(self, images: Any) -> np.ndarray:
-        """Tiles as the model reads them: scaled, normalised, ``(N, C, H, W)`` float32.
-
-        The array is a view of NHWC memory (channels-last strides), which the TorchScript
-        runtime hands to torch as it is and the ONNX runtime makes contiguous.
-        """
-        views = np.stack([self._view(np.asarray(image)) for image in images])
-        pixels = views.astype(np.float32)
-        pixels *= self.gain
-        pixels += self.offset
-        return pixels.transpose(0, 3, 1, 2)
+        """Tiles as the model reads them: scaled, normalised, ``(N, C, H, W)`` float32."""
+        return self.normalise_batch(np.stack([self._view(image) for image in images]))
 
     def __call__(self, batch: Batch) -> Batch:
         """Classify each tile."""
-        images = batch["image"]
-        k = len(self.classes)
-        scores = [np.empty((0, k), np.float32)]
-        for start in range(0, len(images), self.config.batch_size):
-            x = self._model_input(images[start : start + self.config.batch_size])
-            scores.append(np.asarray(self.predictor.predict(x), np.float32).reshape(len(x), -1))
-        raw = np.concatenate(scores)
-        probabilities = raw if self.card.outputs[:1] == ["probabilities"] else softmax(raw)
+        raw = self.predict_rows(
+            batch["image"], self.config.batch_size, prepare_chunk=self._model_input
+        )
+        probabilities = self.probabilities(raw)
         best = probabilities.argmax(axis=1).astype(np.int32)
         return {
             "tile_probabilities": probabilities.astype(np.float32),
@@ -183,11 +106,4 @@ def _centre(image: np.ndarray, height: int, width: int) -> np.ndarray:
     return out
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Softmax over axis 1 (the classes), in float64 so each sums to 1 within float32 rounding."""
-    shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True, initial=-np.inf)
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=1, keepdims=True)
-
-
-__all__ = ["TileClassifier", "TileClassifierConfig", "check_tile_card", "softmax"]
+__all__ = ["TileClassifier", "TileClassifierConfig", "softmax"]

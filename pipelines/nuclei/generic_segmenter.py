@@ -23,18 +23,14 @@ Example (pipeline nodes)::
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import cv2
 import numpy as np
 from pydantic import Field
 
-from pathray.errors import ConfigError
-from pathray.models.card import ModelCard
-from pathray.models.runtime import Predictor, load_predictor
-from pathray.units.base import Batch, Resources, Unit, UnitConfig
-from pipelines.classify.tile_classifier import softmax
+from pathray.units.base import Batch, Resources, UnitConfig
+from pathray.units.model_unit import ModelUnit, softmax
 from pipelines.nuclei.instances import seeded_instances
 from pipelines.nuclei.pixel_classifier import (
     SEGMENTATION_INPUTS,
@@ -44,12 +40,6 @@ from pipelines.nuclei.pixel_classifier import (
 )
 from pipelines.nuclei.resample import resize_labels, scaled_shape
 from pipelines.nuclei.segment import filter_and_renumber
-
-if TYPE_CHECKING:
-    from pathray.catalog.records import ModelVersion
-
-_FORMATS = ("torchscript", "onnx")
-_TASKS = ("semantic_segmentation", "instance_segmentation")
 
 
 class SegmenterConfig(UnitConfig):
@@ -67,33 +57,7 @@ class SegmenterConfig(UnitConfig):
     params: dict[str, float] = Field(default_factory=dict)
 
 
-def check_segmentation_card(card: Mapping[str, Any], where: str) -> None:
-    """Check that a card describes a segmentation model this unit can run.
-
-    Args:
-        card: The card as JSON data (empty for versions registered without one).
-        where: The model version, for the message.
-
-    Raises:
-        ConfigError: No card, another task or format, or no mpp.
-    """
-    if not card:
-        raise ConfigError(
-            f"segmenter needs a model with a model card. {where} has none; register it with "
-            "'pathray models register'."
-        )
-    problems = []
-    if card.get("task") not in _TASKS:
-        problems.append(f"task must be one of {list(_TASKS)} (got {card.get('task')!r})")
-    if card.get("format") not in _FORMATS:
-        problems.append(f"format must be one of {list(_FORMATS)} (got {card.get('format')!r})")
-    if not card.get("mpp"):
-        problems.append("mpp must be given")
-    if problems:
-        raise ConfigError(f"segmenter cannot run {where}: {'; '.join(problems)}.")
-
-
-class Segmenter(Unit):
+class Segmenter(ModelUnit):
     """Nucleus instances from a registered semantic or instance segmentation model."""
 
     name = "segmenter"
@@ -104,33 +68,13 @@ class Segmenter(Unit):
     outputs = SEGMENTATION_OUTPUTS
     resources = Resources(num_cpus=1.0)
     batch_size = 8
-    needs_model: ClassVar[bool] = True
+    tasks: ClassVar[tuple[str, ...]] = ("semantic_segmentation", "instance_segmentation")
+    required: ClassVar[tuple[str, ...]] = ("mpp",)
 
-    @classmethod
-    def check_model(cls, version: ModelVersion) -> None:
-        """Accept only segmentation models with a card (task, format, mpp).
-
-        Raises:
-            ConfigError: The version does not fit, with the reason.
-        """
-        check_segmentation_card(version.card, version.ref)
-
-    def setup(self) -> None:
-        """Load the model (checked against its SHA-256); validate the post-processing."""
-        folder = self.artifacts.get("model")
-        if folder is None:
-            raise ConfigError(
-                "segmenter needs a model: give the node 'model: name@version'. Got none."
-            )
-        self.predictor: Predictor = load_predictor(folder)
-        card = self.predictor.card
-        check_segmentation_card(card.to_json(), str(folder))
-        self.card: ModelCard = card
+    def setup_model(self) -> None:
+        """Validate the post-processing; find the background and border classes."""
         self._params = segment_params(self.config.params)
-        norm = card.normalisation
-        self.mean = np.asarray(norm.mean if norm else (0.0,), np.float32).reshape(-1, 1, 1)
-        self.std = np.asarray(norm.std if norm else (1.0,), np.float32).reshape(-1, 1, 1)
-        names = [n.lower() for n in card.class_names]
+        names = [n.lower() for n in self.card.class_names]
         self._background = names.index("background") if "background" in names else 0
         self._border = names.index("border") if "border" in names else None
 
@@ -145,8 +89,7 @@ class Segmenter(Unit):
             shrink = height < view.shape[0]
             method = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
             view = cv2.resize(view, (width, height), interpolation=method)
-        pixels = view.astype(np.float32).transpose(2, 0, 1) / 255.0
-        return (pixels - self.mean) / self.std
+        return self.normalise(view)
 
     def nucleus_maps(self, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """Nucleus and border probability maps ``(H, W)`` of one semantic output ``(C, H, W)``."""
@@ -206,4 +149,4 @@ def _resize_map(values: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return out
 
 
-__all__ = ["Segmenter", "SegmenterConfig", "check_segmentation_card"]
+__all__ = ["Segmenter", "SegmenterConfig"]

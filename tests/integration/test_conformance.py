@@ -73,8 +73,18 @@ def _segmenter_source(folder: Path) -> Path:
     return folder
 
 
+def _crop_classifier_source(folder: Path) -> Path:
+    """A tiny TorchScript nucleus crop classifier reading 96 px crops (resized from 64 px)."""
+    from pathray.models.examples import crop_card, crop_net, save_torchscript
+
+    model = save_torchscript(crop_net(), folder / "cells.pt", 96)
+    (folder / "card.json").write_text(json.dumps(crop_card("torchscript", model.name, size=96)))
+    return folder
+
+
 #: Units that run a registered model -> a builder of the source folder to register.
 MODEL_SOURCES = {
+    "crop_classifier": _crop_classifier_source,
     "tile_classifier": _tile_classifier_source,
     "object_classifier": _object_classifier_source,
     "segmenter": _segmenter_source,
@@ -124,14 +134,22 @@ def _tiles() -> Batch:
 
 
 def _producer(column: str) -> str:
-    """The unit that makes a column for the suite (preferring one that needs no training)."""
+    """The unit that makes a column for the suite.
+
+    Preferred: a unit that needs neither training nor a model (``nucleus_features`` rather than
+    ``crop_classifier`` for the centroids), then a tiny trained one, then any.
+    """
     names = producers(column)
     if not names:
         pytest.fail(f"no registered unit produces column {column!r}")
     if PREFERRED.get(column) in names:
         return PREFERRED[column]
-    untrained = [n for n in names if not issubclass(get_unit(n), TrainableUnit)]
-    return (untrained or [n for n in names if n in TINY_CONFIGS] or names)[0]
+    plain = [
+        n
+        for n in names
+        if not issubclass(get_unit(n), TrainableUnit) and not get_unit(n).needs_model
+    ]
+    return (plain or [n for n in names if n in TINY_CONFIGS] or names)[0]
 
 
 def _precursors(name: str) -> list[str]:
