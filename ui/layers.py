@@ -5,7 +5,10 @@ A slide shows, for each image set it belongs to:
 - every annotation set of that image set (the reference in green, corrections in orange,
   other human sets in purple), editable unless the image set is protected;
 - every run over that image set that wrote objects for the slide: the first run of a pipeline
-  in blue, each later run (an iteration) in its own colour with a dashed line.
+  in blue, each later run (an iteration) in its own colour with a dashed line;
+- every tile classifier of such a run (a unit that wrote tile classes, no objects) as a class
+  map: tile cores filled per class, drawn as raster tiles, its classes and their colours in the
+  legend (``style["fill"]`` and ``style["classes"]``).
 
 Layer ids are ``ann:<annotation set name>`` and ``run:<run id>:<unit node id>``.
 
@@ -20,8 +23,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from pathray.catalog import Catalog
+from pathray.catalog.records import Run
 from pathray.errors import NotFoundError
-from pathray.results.overlay import Layer
+from pathray.results.overlay import Layer, label_color
+from pathray.results.tile_classes import TILE_LABEL
 
 # Runs after the first of a pipeline (iterations) cycle through these, dashed, so each one is
 # told apart from the first run and from the reference.
@@ -107,6 +112,7 @@ def slide_layers(catalog: Catalog, slide_id: int) -> list[LayerInfo]:
             runs_seen.add(run.id)
             locations = catalog.result_locations(run_id=run.id, slide_id=slide_id, kind="objects")
             if not locations:
+                out.extend(_class_maps(catalog, run, slide_id))
                 continue
             index = first_of_pipeline.setdefault(run.pipeline_name, 0)
             first_of_pipeline[run.pipeline_name] = index + 1
@@ -133,6 +139,56 @@ def slide_layers(catalog: Catalog, slide_id: int) -> list[LayerInfo]:
         if layer.editable_set and not layer.labels:
             layer.labels = known
     return out
+
+
+def _class_maps(catalog: Catalog, run: Run, slide_id: int) -> list[LayerInfo]:
+    """The class-map layers of a run without objects: one per unit that wrote tile classes."""
+    from pathray.pipeline.spec import PipelineSpec  # the layer list needs it for such runs only
+
+    spec = PipelineSpec.model_validate(run.spec)
+    nodes = {node.id: node for node in spec.units}
+    out = []
+    for loc in catalog.result_locations(run_id=run.id, slide_id=slide_id, kind="tiles"):
+        node = nodes.get(loc.unit_name)
+        if node is None or not any(c.name == TILE_LABEL for c in spec.unit_class(node).outputs):
+            continue
+        classes = _model_classes(catalog, run, loc.unit_name)
+        out.append(
+            LayerInfo(
+                id=f"run:{run.id}:{loc.unit_name}",
+                name=f"{run.pipeline_name} classes ({run.id[:8]})",
+                legend=(
+                    f"{run.pipeline_name}@{run.pipeline_version}, "
+                    f"unit {loc.unit_name} v{loc.unit_version}: tile classes"
+                ),
+                kind="classes",
+                style={
+                    "color": "#444444",
+                    "width": 1,
+                    "dash": False,
+                    "fill": True,
+                    "classes": {c: _hex(label_color(c)) for c in classes},
+                },
+                visible=True,
+                labels=classes,
+                run_id=run.id,
+            )
+        )
+    return out
+
+
+def _hex(rgb: tuple[int, int, int]) -> str:
+    return "#" + "".join(f"{v:02x}" for v in rgb)
+
+
+def _model_classes(catalog: Catalog, run: Run, unit: str) -> list[str]:
+    """The class names of the model a run's node ran (its card), or none when it has no card."""
+    nodes, _ = catalog.pipeline_graph(run.pipeline_name, run.pipeline_version)
+    node = nodes.get(unit)
+    if node is None or node.model_version_id is None:
+        return []
+    card = catalog.model_version_by_id(node.model_version_id).card or {}
+    return [str(name) for name in card.get("class_names") or []]
 
 
 def parse_layer(layer_id: str) -> Layer:

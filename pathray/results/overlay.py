@@ -4,7 +4,9 @@ Two kinds of layer feed the viewer:
 
 - ``annotations``: an annotation set of the catalog (a reference, an import, a correction);
 - ``run``: the objects a run wrote to the cold store (one unit's output, through
-  :meth:`~pathray.results.store.ColdStore.query_region`).
+  :meth:`~pathray.results.store.ColdStore.query_region`); for a unit that classifies tiles
+  instead (``tile_classifier``), its class map: each tile's core, labelled with its class and
+  filled in the class colour in raster tiles (:mod:`pathray.results.tile_classes`).
 
 :func:`overlay_features` returns a GeoJSON FeatureCollection of the objects meeting a level-0
 window. Zoomed in (``downsample <= fine_max_downsample``) every object comes as its polygon;
@@ -44,6 +46,7 @@ import shapely
 
 from pathray.catalog.corrections import AnnotationView
 from pathray.errors import ConfigError, NotFoundError
+from pathray.results.tile_classes import FILL_ALPHA, is_tile_class_layer, read_tile_classes
 from pathray.slides.deepzoom import DeepZoomGrid
 
 if TYPE_CHECKING:
@@ -124,6 +127,8 @@ class _Objects:
     total: int
     #: ... and what each has of its own (author, source, time, status), column-wise.
     provenance_columns: dict[str, list[Any]] = field(default_factory=dict)
+    #: Level-0 boxes ``(n, 4)`` of a class map's tiles, filled rather than outlined in tiles.
+    boxes: np.ndarray | None = None
 
 
 def label_color(label: str | None, colors: Mapping[str, str] | None = None) -> tuple[int, int, int]:
@@ -303,6 +308,8 @@ def _collect(
     if store is None:
         raise ConfigError("A run layer needs the cold store. Got store=None instead.")
     fine_zoom = downsample <= fine_max
+    if is_tile_class_layer(catalog, layer.ref, slide_id, layer.unit):
+        return _run_tile_classes(catalog, store, slide_id, layer, box, cap, mode, fine_zoom, label)
     return _run_objects(catalog, store, slide_id, layer, box, cap, mode, fine_zoom, label)
 
 
@@ -522,6 +529,53 @@ def _run_objects(
     return objects, "polygons" if fine else "centroids"
 
 
+def _run_tile_classes(
+    catalog: Catalog,
+    store: ColdStore,
+    slide_id: int,
+    layer: Layer,
+    box: BBox,
+    cap: int,
+    mode: str,
+    fine_zoom: bool,
+    label: str | None,
+) -> tuple[_Objects, str]:
+    """A class map's tiles in a window, as objects: core boxes labelled with their class."""
+    run = catalog.get_run(layer.ref)
+    (loc, *_) = [
+        loc
+        for loc in catalog.result_locations(run_id=layer.ref, slide_id=slide_id, kind="tiles")
+        if loc.unit_name == layer.unit
+    ]
+    provenance = {
+        "run_id": run.id,
+        "pipeline": run.pipeline_name,
+        "pipeline_version": run.pipeline_version,
+        "unit": loc.unit_name,
+        "unit_version": loc.unit_version,
+    }
+    table = read_tile_classes(store, layer.ref, slide_id, box, label)
+    total = table.num_rows
+    fine = mode == "polygons" or (mode == "auto" and fine_zoom and total <= cap)
+    keep = np.arange(min(total, cap)) if fine else _even_pick(total, cap)
+    picked = table.take(pa.array(keep, pa.int64()))
+    boxes = np.stack(
+        [picked[c].to_numpy() for c in ("core_x0", "core_y0", "core_x1", "core_y1")], axis=1
+    ).reshape(-1, 4)
+    objects = _Objects(
+        ids=[f"tile:{t}" for t in picked["tile_id"].to_pylist()],
+        labels=[str(v) if v is not None else None for v in picked["label"].to_pylist()],
+        scores=picked["score"].to_pylist(),
+        cx=(boxes[:, 0] + boxes[:, 2]) / 2,
+        cy=(boxes[:, 1] + boxes[:, 3]) / 2,
+        geoms=shapely.box(*boxes.T) if fine else None,
+        provenance=provenance,
+        total=total,
+        boxes=boxes,
+    )
+    return objects, "polygons" if fine else "centroids"
+
+
 def _run_polygons(
     store: ColdStore,
     run_id: str,
@@ -726,6 +780,15 @@ def overlay_tile(
     if objects.geoms is not None:
         has_shape = np.array([g is not None for g in objects.geoms], bool)
     shift = 4  # sub-pixel precision of cv2's drawing
+    if objects.boxes is not None:  # a class map: each tile core filled in its class colour
+        corners = np.rint((objects.boxes - np.tile(origin, 2)) / scale)
+        # within one pixel of the canvas, as plain ints: cv2 takes nothing wider than int32
+        limit = np.array([canvas.shape[1], canvas.shape[0]] * 2) + 1
+        corners = np.clip(corners, -1, limit).astype(np.int64).tolist()
+        for (x0, y0, x1, y1), label in zip(corners, labels, strict=True):
+            rgba = tuple(int(v) for v in (*label_color(label, colors), FILL_ALPHA))
+            cv2.rectangle(canvas, (x0, y0), (x1 - 1, y1 - 1), rgba, -1)
+        return bytes(imagecodecs.png_encode(canvas, level=1))
     for label, rgba in palette.items():
         mine = labels == str(label)
         shaped = np.flatnonzero(mine & has_shape)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import imagecodecs
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -20,10 +21,14 @@ from pathray.engine.cluster import ensure_ray
 from pathray.engine.runner import run_pipeline
 from pathray.models import examples as ex
 from pathray.pipeline.spec import PipelineSpec
+from pathray.results.overlay import label_color, overlay_features, overlay_tile
 from pathray.results.store import ColdStore
+from pathray.results.tile_classes import FILL_ALPHA
 from pathray.services.models import register_model
+from pathray.slides.deepzoom import DeepZoomGrid
 from pathray.slides.register import register_slides
 from tests.helpers import CMU_SVS
+from ui.layers import parse_layer, slide_layers
 
 pytestmark = pytest.mark.ray
 
@@ -38,14 +43,14 @@ units:
 COLUMNS = ["slide_id", "tile_id", "tile_probabilities", "tile_class", "tile_label"]
 
 
-def _run(catalog: Catalog, store: ColdStore, model: str) -> pa.Table:
+def _run(catalog: Catalog, store: ColdStore, model: str) -> tuple[str, pa.Table]:
     name = model.split("@")[0]
     spec = PipelineSpec.from_yaml(SPEC.replace("NAME", f"run-{name}").replace("MODEL", model))
     result = run_pipeline(catalog, store, spec, "cmu")
     run = catalog.get_run(result.run_id)
     nodes, _ = catalog.pipeline_graph(run.pipeline_name, run.pipeline_version)
     assert nodes["classify"].model_version_id == catalog.get_model_version(name, 1).id
-    return store.read(result.run_id, "tiles", columns=COLUMNS).sort_by(
+    return result.run_id, store.read(result.run_id, "tiles", columns=COLUMNS).sort_by(
         [("slide_id", "ascending"), ("tile_id", "ascending")]
     )
 
@@ -63,8 +68,8 @@ def test_torchscript_and_onnx_tile_classifiers_agree_on_a_real_slide(tmp_path: P
     assert torchscript.card["mpp"] == exported.card["mpp"] == MPP
 
     ensure_ray(num_cpus=2)
-    by_torch = _run(catalog, store, "tiles-ts@1")
-    by_onnx = _run(catalog, store, "tiles-onnx@1")
+    ts_run, by_torch = _run(catalog, store, "tiles-ts@1")
+    _, by_onnx = _run(catalog, store, "tiles-onnx@1")
 
     assert by_torch.num_rows > 20  # tiles of tissue on the slide
     assert by_torch["tile_id"].to_pylist() == by_onnx["tile_id"].to_pylist()
@@ -80,4 +85,32 @@ def test_torchscript_and_onnx_tile_classifiers_agree_on_a_real_slide(tmp_path: P
     # the two runtimes, on the same tiles
     np.testing.assert_allclose(onnx_p, torch_p, atol=1e-4)
     assert by_onnx["tile_class"].to_pylist() == classes.tolist()
+    _check_class_map(catalog, store, ts_run, by_torch)
     catalog.close()
+
+
+def _check_class_map(catalog: Catalog, store: ColdStore, run_id: str, tiles: pa.Table) -> None:
+    """The viewer shows the run as a class map: legend of the card's classes, filled cores."""
+    slide = catalog.get_slide(int(tiles["slide_id"][0].as_py()))
+    (layer,) = [x for x in slide_layers(catalog, slide.id) if x.run_id == run_id]
+    assert layer.id == f"run:{run_id}:classify" and layer.kind == "classes"
+    assert layer.style["fill"] and list(layer.style["classes"]) == list(ex.CLASSES)
+    whole = (0.0, 0.0, float(slide.width), float(slide.height))
+    fc = overlay_features(catalog, store, slide.id, parse_layer(layer.id), whole, mode="polygons")
+    assert len(fc["features"]) == tiles.num_rows
+    by_id = {f["id"]: f["properties"]["label"] for f in fc["features"]}
+    want = dict(zip(tiles["tile_id"].to_pylist(), tiles["tile_label"].to_pylist(), strict=True))
+    assert by_id == {f"tile:{t}": label for t, label in want.items()}
+    # one DeepZoom tile holding the whole slide: each class present is filled in its colour
+    grid = DeepZoomGrid(slide.width, slide.height, 254, 1)
+    level = next(
+        lv
+        for lv in range(grid.level_count)
+        if grid.tile_count(lv) == (1, 1) and max(grid.level_size(lv)) > 128
+    )
+    png = overlay_tile(catalog, store, slide.id, parse_layer(layer.id), level, 0, 0)
+    rgba = imagecodecs.png_decode(png)
+    filled = rgba[rgba[..., 3] == FILL_ALPHA][:, :3]
+    assert len(filled) > 0.05 * rgba.shape[0] * rgba.shape[1]
+    colours = {tuple(int(v) for v in c) for c in np.unique(filled, axis=0)}
+    assert colours == {label_color(c) for c in set(want.values())}

@@ -271,8 +271,9 @@
     if (token !== layer.pending) return; // a newer request superseded this one
     layer.data = data;
     layer.shown = q;
-    // Too many objects in a coarse view: the server renders them into tiles instead.
-    setRaster(layer, data.mode === "centroids" && data.truncated);
+    // Too many objects in a coarse view: the server renders them into tiles instead; a class
+    // map (tile cores filled per class) is always drawn that way.
+    setRaster(layer, Boolean(layer.meta.style.fill) || (data.mode === "centroids" && data.truncated));
     draw();
   }
   function setRaster(layer, on) {
@@ -335,6 +336,16 @@
       text.innerHTML = `<b></b> <small></small>`;
       text.querySelector("b").textContent = m.name;
       text.querySelector("small").textContent = m.legend;
+      // A class map lists its classes, each with the colour its tiles are filled in.
+      for (const [name, colour] of Object.entries(m.style.classes || {})) {
+        const item = document.createElement("span");
+        item.className = "pr-class";
+        item.dataset.testid = `class-${name}`;
+        const chip = document.createElement("i");
+        chip.style.background = colour;
+        item.append(chip, document.createTextNode(name));
+        text.append(item);
+      }
       row.append(cb, swatch, text);
       box.appendChild(row);
     }
