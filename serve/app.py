@@ -110,7 +110,7 @@ class ServeArgs(BaseModel):
 
 def load_pipeline(source: str) -> PipelineSpec:
     """A preset by name, or a pipeline YAML file."""
-    from pathray.cli_pipelines import load_spec
+    from pathray.cli.pipelines import load_spec
 
     return load_spec(source)
 

@@ -110,7 +110,7 @@ def resolve_spec(spec_or_preset: PipelineSpec | str) -> PipelineSpec:
     """A spec given as itself, a preset name or a YAML path."""
     if isinstance(spec_or_preset, PipelineSpec):
         return spec_or_preset
-    from pathray.cli_pipelines import load_spec  # presets live with the apps, loaded lazily
+    from pathray.cli.pipelines import load_spec  # presets live with the apps, loaded lazily
 
     return load_spec(spec_or_preset)
 

@@ -200,7 +200,7 @@ def test_retraining_records_model_lineage_with_corrections(env: dict[str, Any]) 
 
 
 def test_cli_lineage_prints_the_trace(env: dict[str, Any], tmp_path: Path) -> None:
-    from pathray.cli_iterate import lineage_tree
+    from pathray.cli.iterate import lineage_tree
 
     catalog = env["catalog"]
     run = next(r for r in catalog.list_runs() if catalog.list_iterations(run_id=r.id))

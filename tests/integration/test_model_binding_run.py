@@ -18,7 +18,7 @@ import typer
 from typer.testing import CliRunner
 
 from pathray.catalog import Catalog
-from pathray.cli_pipelines import pipelines_app
+from pathray.cli.pipelines import pipelines_app
 from pathray.engine.runner import run_pipeline
 from pathray.pipeline.spec import PipelineSpec
 from pathray.results.artifacts import ArtifactStore

@@ -13,7 +13,7 @@ import typer
 from typer.testing import CliRunner
 
 from pathray.catalog import Catalog
-from pathray.cli_pipelines import pipelines_app
+from pathray.cli.pipelines import pipelines_app
 from pathray.config import Settings
 from pathray.errors import ConfigError
 from pathray.models import examples as ex

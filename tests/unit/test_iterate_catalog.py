@@ -165,7 +165,7 @@ def test_cli_lineage_and_iterate_errors(
 def test_lineage_tree_names_records_and_never_prints_a_whole_list() -> None:
     from rich.console import Console
 
-    from pathray.cli_iterate import lineage_tree
+    from pathray.cli.iterate import lineage_tree
 
     trace_ = {
         "kind": "run",

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from pathray.catalog import Catalog
 from pathray.catalog.records import ModelVersion
-from pathray.cli_pipelines import pipelines_app
+from pathray.cli.pipelines import pipelines_app
 from pathray.engine.models import resolve_models
 from pathray.errors import ConfigError
 from pathray.pipeline.bind import check_models, fitting_models

@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from pathray.catalog import Catalog
-from pathray.cli_models import format_metrics, models_app
+from pathray.cli.models import format_metrics, models_app
 from pathray.config import Settings
 from pathray.results.artifacts import ArtifactStore
 

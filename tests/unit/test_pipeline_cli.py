@@ -10,7 +10,7 @@ import typer
 import yaml
 from typer.testing import CliRunner
 
-from pathray.cli_pipelines import pipelines_app, units_app
+from pathray.cli.pipelines import pipelines_app, units_app
 from pathray.pipeline.spec import PipelineSpec
 
 app = typer.Typer()

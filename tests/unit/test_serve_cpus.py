@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pathray.cli_pipelines import load_spec
+from pathray.cli.pipelines import load_spec
 from serve.app import _cpu_scale
 from serve.inference import plan_nodes
 

@@ -19,7 +19,7 @@ import pytest
 from typer.testing import CliRunner
 
 from pathray.catalog import Catalog
-from pathray.cli_models import models_app
+from pathray.cli.models import models_app
 from pathray.formats import read_geojson
 from pathray.formats.base import AnnotationRecord
 from pathray.formats.catalog_io import import_records

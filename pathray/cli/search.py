@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.table import Table
 
-from pathray.cli_iterate import _catalog, _friendly, console
+from pathray.cli.common import console, friendly, open_catalog
 from pathray.config import Settings
 from pathray.errors import NotFoundError
 
@@ -31,7 +31,7 @@ search_app = typer.Typer(
 def _service() -> SearchService:
     from pathray.services.search import SearchService
 
-    return SearchService(_catalog(), Settings.from_env().cold_root)
+    return SearchService(open_catalog(), Settings.from_env().cold_root)
 
 
 def _set_of(service: SearchService, slide: str) -> str:
@@ -50,7 +50,7 @@ def _set_of(service: SearchService, slide: str) -> str:
 
 
 @search_app.callback()
-@_friendly
+@friendly
 def search(
     ctx: typer.Context,
     like: Annotated[
@@ -117,7 +117,7 @@ def _print_result(result: SearchResult, image_set: str) -> None:
 
 
 @search_app.command("index")
-@_friendly
+@friendly
 def index(
     image_set: Annotated[str, typer.Option("--set", help="Image set to index.")],
     embed: Annotated[

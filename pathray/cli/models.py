@@ -7,23 +7,18 @@ User mistakes print one line and exit with status 2.
 
 from __future__ import annotations
 
-import getpass
 import json
-import sys
-from collections.abc import Callable
-from functools import wraps
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from pathray.cli.common import ME, console, friendly, open_catalog
 from pathray.config import Settings
-from pathray.errors import PathRayError
 
 if TYPE_CHECKING:
-    from pathray.catalog import Catalog, ModelVersion
+    from pathray.catalog import ModelVersion
 
 models_app = typer.Typer(
     help="The model registry: models, versions, lineage, aliases.", no_args_is_help=True
@@ -33,33 +28,6 @@ train_app = typer.Typer(
     no_args_is_help=True,
 )
 models_app.add_typer(train_app, name="train")
-
-console = Console(width=None if sys.stdout.isatty() else 160)
-err = Console(stderr=True)
-F = TypeVar("F", bound=Callable[..., Any])
-ME = getpass.getuser()
-
-
-def _friendly(fn: F) -> F:
-    """Turn PathRayError into one red line and exit status 2."""
-
-    @wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except PathRayError as exc:
-            err.print(f"[red]error:[/red] {exc}", soft_wrap=True)  # one line, never wrapped
-            raise typer.Exit(2) from None
-
-    return wrapper  # type: ignore[return-value]
-
-
-def _catalog() -> Catalog:
-    from pathray.catalog import Catalog
-
-    settings = Settings.from_env()
-    settings.home.mkdir(parents=True, exist_ok=True)
-    return Catalog.open(settings.catalog_url)
 
 
 def _version_ref(version: str) -> int | str:
@@ -87,11 +55,11 @@ def _artifact_state(digest: str) -> str:
 
 
 @models_app.command("list")
-@_friendly
+@friendly
 def models_list() -> None:
     """List registered models with their newest version and aliases."""
     table = Table("name", "framework", "task", "versions", "aliases", "created")
-    for m in _catalog().list_models():
+    for m in open_catalog().list_models():
         aliases = ", ".join(f"{a}={v}" for a, v in m.aliases.items()) or "-"
         table.add_row(
             m.name,
@@ -105,7 +73,7 @@ def models_list() -> None:
 
 
 @models_app.command("show")
-@_friendly
+@friendly
 def models_show(
     name: Annotated[str, typer.Argument(help="Model name.")],
     version: Annotated[
@@ -113,7 +81,7 @@ def models_show(
     ] = None,
 ) -> None:
     """Show a model's versions, or one version's artifact, lineage, training run and metrics."""
-    catalog = _catalog()
+    catalog = open_catalog()
     model = catalog.get_model(name)
     # read everything first: a user error prints its one line and nothing else
     if version is None:
@@ -171,7 +139,7 @@ def _print_version(v: ModelVersion) -> None:
 
 
 @models_app.command("register")
-@_friendly
+@friendly
 def models_register(
     name: Annotated[str, typer.Argument(help="Model name (a new version if it exists).")],
     path: Annotated[
@@ -197,7 +165,7 @@ def models_register(
     from pathray.services.models import register_model
 
     version = register_model(
-        _catalog(), Settings.from_env().cold_root, name, path, card, alias=alias, actor=actor
+        open_catalog(), Settings.from_env().cold_root, name, path, card, alias=alias, actor=actor
     )
     aliases = f" ({', '.join(version.aliases)})" if version.aliases else ""
     console.print(
@@ -207,7 +175,7 @@ def models_register(
 
 
 @models_app.command("promote")
-@_friendly
+@friendly
 def models_promote(
     name: Annotated[str, typer.Argument(help="Model name.")],
     version: Annotated[str, typer.Argument(help="Version number (or an alias) to promote.")],
@@ -215,7 +183,7 @@ def models_promote(
     actor: Annotated[str, typer.Option(help="Who acts (recorded in the audit log).")] = ME,
 ) -> None:
     """Point an alias (champion by default) at a version of a model."""
-    catalog = _catalog()
+    catalog = open_catalog()
     previous = catalog.get_model(name).aliases.get(alias)
     promoted = catalog.set_alias(name, alias, _version_ref(version), actor=actor)
     if previous == promoted.version:
@@ -260,7 +228,7 @@ def _label_pairs(
 
 
 @train_app.command("multihead")
-@_friendly
+@friendly
 def train_multihead_command(
     name: Annotated[str, typer.Argument(help="Model name (a new version if it exists).")],
     dataset: Annotated[
@@ -331,7 +299,7 @@ def train_multihead_command(
         raise ConfigError(f"--config must be a JSON object. Got {config!r} ({exc}).") from None
     if not isinstance(extra, dict):
         raise ConfigError(f"--config must be a JSON object. Got {config!r} instead.")
-    catalog = _catalog()
+    catalog = open_catalog()
     if dry_run:
         plan = plan_multihead(
             catalog,

@@ -8,18 +8,14 @@ status 2, without a traceback.
 from __future__ import annotations
 
 import json
-import sys
-from collections.abc import Callable
-from functools import wraps
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
-from pathray.errors import ConfigError, NotFoundError, PathRayError
+from pathray.cli.common import console, friendly, open_catalog
+from pathray.errors import ConfigError, NotFoundError
 from pathray.pipeline.spec import PipelineSpec, TilingSpec
 
 units_app = typer.Typer(
@@ -29,24 +25,7 @@ pipelines_app = typer.Typer(
     help="Pipelines: presets, show, validate, graph, infer.", no_args_is_help=True
 )
 
-console = Console(width=None if sys.stdout.isatty() else 160)
-err = Console(stderr=True)
-F = TypeVar("F", bound=Callable[..., Any])
 SpecArg = Annotated[str, typer.Argument(help="Preset name or pipeline YAML file.")]
-
-
-def friendly(fn: F) -> F:
-    """Turn PathRayError into one red line and exit status 2 (as in :mod:`pathray.cli`)."""
-
-    @wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except PathRayError as exc:
-            err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
-
-    return wrapper  # type: ignore[return-value]
 
 
 def load_spec(name_or_path: str) -> PipelineSpec:
@@ -209,10 +188,9 @@ def check_spec_models(spec: PipelineSpec) -> dict[str, str]:
     """
     if not any(node.model for node in spec.units):
         return {}
-    from pathray.cli import _catalog
     from pathray.pipeline.bind import check_models
 
-    with _catalog() as catalog:
+    with open_catalog() as catalog:
         bound = check_models(catalog, spec)
     described = {}
     for node_id, record in bound.items():

@@ -6,50 +6,18 @@ Mounted by :mod:`pathray.cli` with ``register(app)``. This module imports nothin
 
 from __future__ import annotations
 
-import getpass
 import json
-import sys
-from collections.abc import Callable
-from functools import wraps
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 from rich.tree import Tree
 
+from pathray.cli.common import ME, console, err, friendly, open_catalog
 from pathray.config import Settings
-from pathray.errors import PathRayError
 
 if TYPE_CHECKING:
     from pathray.iterate.loop import IterationEvent, LoopResult
-
-console = Console(width=None if sys.stdout.isatty() else 160)
-err = Console(stderr=True)
-F = TypeVar("F", bound=Callable[..., Any])
-ME = getpass.getuser()
-
-
-def _friendly(fn: F) -> F:
-    """Turn PathRayError into one red line and exit status 2."""
-
-    @wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except PathRayError as exc:
-            err.print(f"[red]error:[/red] {exc}", soft_wrap=True)
-            raise typer.Exit(2) from None
-
-    return wrapper  # type: ignore[return-value]
-
-
-def _catalog() -> Any:
-    from pathray.catalog import Catalog
-
-    settings = Settings.from_env()
-    settings.home.mkdir(parents=True, exist_ok=True)
-    return Catalog.open(settings.catalog_url)
 
 
 def _search_space(values: list[str]) -> dict[str, dict[str, list[Any]]]:
@@ -118,7 +86,7 @@ def iterate_command(
     settings = LoopSettings(search=search, samples=samples, corrections=corrections, seed=seed)
     settings.search_space.update(_search_space(search_space or []))
     result = iterate(
-        _catalog(),
+        open_catalog(),
         ColdStore(Settings.from_env().cold_root),
         pipeline,
         image_set,
@@ -190,7 +158,7 @@ def lineage_command(
     """Trace a run, a model version or an iteration back to slides and annotations."""
     from pathray.iterate.lineage import trace
 
-    tree = trace(_catalog(), ref)
+    tree = trace(open_catalog(), ref)
     if as_json:
         console.print_json(json.dumps(tree, default=str))
         return
@@ -244,8 +212,8 @@ def lineage_tree(trace: dict[str, Any]) -> Tree:
 
 def register(app: typer.Typer) -> None:
     """Add ``iterate`` and ``lineage`` to the ``pathray`` command."""
-    app.command("iterate")(_friendly(iterate_command))
-    app.command("lineage")(_friendly(lineage_command))
+    app.command("iterate")(friendly(iterate_command))
+    app.command("lineage")(friendly(lineage_command))
 
 
 __all__ = ["iterations_table", "lineage_tree", "register"]

@@ -7,44 +7,30 @@ printed once and cannot be shown again.
 
 from __future__ import annotations
 
-import getpass
 import sys
 from datetime import timedelta
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from pathray.cli_pipelines import friendly
-from pathray.config import Settings
+from pathray.cli.common import ME, Actor, console, friendly, open_catalog
 from pathray.errors import ConfigError
 
 if TYPE_CHECKING:
-    from pathray.catalog import Catalog
+    pass
 
 users_app = typer.Typer(help="Users: add, list, set passwords.", no_args_is_help=True)
 tokens_app = typer.Typer(
     help="API tokens for services: create, list, revoke.", no_args_is_help=True
 )
-console = Console(width=None if sys.stdout.isatty() else 160)
-ME = getpass.getuser()
-Actor = Annotated[str, typer.Option(help="Who acts (recorded in the audit log).")]
-
-
-def _open_catalog() -> Catalog:
-    from pathray.catalog import Catalog
-
-    settings = Settings.from_env()
-    settings.home.mkdir(parents=True, exist_ok=True)
-    return Catalog.open(settings.catalog_url)
 
 
 @users_app.command("list")
 @friendly
 def users_list() -> None:
     """List users."""
-    catalog = _open_catalog()
+    catalog = open_catalog()
     table = Table("name", "role", "created")
     for user in catalog.list_users():
         table.add_row(user.name, user.role, f"{user.created_at:%Y-%m-%d %H:%M}")
@@ -61,7 +47,7 @@ def users_passwd(
     actor: Actor = ME,
 ) -> None:
     """Set a user's password (asked twice, hidden)."""
-    catalog = _open_catalog()
+    catalog = open_catalog()
     catalog.get_user(name)  # fail before asking for a password
     if password_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
@@ -85,7 +71,7 @@ def tokens_create(
     if ttl_days is not None and ttl_days <= 0:
         raise ConfigError(f"--ttl-days must be positive. Got {ttl_days} instead.")
     ttl = None if ttl_days is None else timedelta(days=ttl_days)
-    issued = _open_catalog().create_api_token(name, role, ttl=ttl, actor=actor)
+    issued = open_catalog().create_api_token(name, role, ttl=ttl, actor=actor)
     console.print(f"token {issued.principal.credential_id} for {name} ({role}); shown once:")
     print(issued.token)
 
@@ -97,7 +83,7 @@ def tokens_list(
 ) -> None:
     """List API tokens (never their secrets)."""
     table = Table("id", "name", "role", "prefix", "created", "expires", "last used", "state")
-    for t in _open_catalog().list_api_tokens(include_revoked=all_):
+    for t in open_catalog().list_api_tokens(include_revoked=all_):
         table.add_row(
             str(t.id),
             t.name,
@@ -118,5 +104,17 @@ def tokens_revoke(
     actor: Actor = ME,
 ) -> None:
     """Revoke an API token."""
-    revoked = _open_catalog().revoke_api_token(token, actor=actor)
+    revoked = open_catalog().revoke_api_token(token, actor=actor)
     console.print(f"revoked token {revoked.id} ({revoked.name})")
+
+
+@users_app.command("add")
+@friendly
+def users_add(
+    name: Annotated[str, typer.Argument(help="User name.")],
+    role: Annotated[str, typer.Option(help="clinician, engineer or admin.")] = "clinician",
+    actor: Actor = ME,
+) -> None:
+    """Add a user (clinician, engineer or admin)."""
+    open_catalog().add_user(name, role, actor=actor)
+    console.print(f"added {role} {name}")
