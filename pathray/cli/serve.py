@@ -160,9 +160,10 @@ def _serve(
         typer.echo(f"Clinician app on {url}/ui/ (sign in with a `pathray users` account)")
     while not stop.wait(3600):
         pass
-    import ray
     from ray import serve
+
+    from pathray.engine import cluster
 
     typer.echo("Stopping: shutting Serve and Ray down")
     serve.shutdown()
-    ray.shutdown()
+    cluster.shutdown()  # and the local Ray's agents, which may outlive ray.shutdown
