@@ -28,7 +28,8 @@ import ray
 
 from pathray.engine.stages import MARKER, UnitStage
 from pathray.results.artifacts import ArtifactStore
-from pathray.units.base import PARENT_INDEX, TILE_KEYS, Batch, Column, Unit
+from pathray.testing import ConformanceError, check_config, check_outputs, check_same
+from pathray.units.base import TILE_KEYS, Batch, Column, Unit
 from pathray.units.registry import available, get_unit, producers, unit_path
 from pathray.units.trainable import TrainableUnit
 from pipelines.training_data import TINY_CONFIGS, example_model
@@ -265,58 +266,6 @@ def _on_ray(batch: Batch, kwargs: dict[str, Any]) -> Batch:
     return {name: np.concatenate([np.asarray(p[name]) for p in parts]) for name in parts[0]}
 
 
-def _values(array: np.ndarray) -> np.ndarray:
-    """Strings and bytes as an object array, everything else unchanged."""
-    array = np.asarray(array)
-    return array.astype(object) if array.dtype.kind in "USO" else array
-
-
-def _assert_same(expected: Batch, actual: Batch, where: str) -> None:
-    """Column-by-column equality: exact for ints, bools, strings and bytes; close for floats."""
-    assert set(actual) == set(expected), f"{where}: columns differ"
-    for name, want in expected.items():
-        want, got = _values(want), _values(actual[name])
-        assert got.shape == want.shape, f"{where}: {name} shape {got.shape} != {want.shape}"
-        if want.dtype.kind == "f":
-            assert got.dtype == want.dtype, f"{where}: {name} dtype {got.dtype} != {want.dtype}"
-            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6, err_msg=name)
-        elif want.dtype == object:
-            assert got.tolist() == want.tolist(), f"{where}: {name} values differ"
-        else:
-            assert got.dtype == want.dtype, f"{where}: {name} dtype {got.dtype} != {want.dtype}"
-            np.testing.assert_array_equal(got, want, err_msg=name)
-
-
-def _check_declared(
-    cls: type[Unit], raw: Batch, n_in: int, config: dict[str, Any] | None = None
-) -> None:
-    """The unit's raw output holds exactly its declared columns, with their dtypes and shapes."""
-    declared = {c.name: c for c in cls.declared_outputs(config)}
-    extra = {PARENT_INDEX} if cls.emits_objects() else set()
-    assert set(raw) == set(declared) | extra, f"{cls.name}: undeclared or missing output columns"
-    lengths = {len(np.asarray(v)) for v in raw.values()}
-    assert len(lengths) == 1, f"{cls.name}: output columns have different lengths {lengths}"
-    if cls.output_granularity() == cls.input_granularity():
-        assert lengths == {n_in}, f"{cls.name}: one output row per input row expected"
-    for name, column in declared.items():
-        _check_column(cls.name, column, np.asarray(raw[name]))
-
-
-def _check_column(unit: str, column: Column, values: np.ndarray) -> None:
-    where = f"{unit}.{column.name}"
-    if column.dtype == "wkb":
-        assert values.dtype == object and all(isinstance(v, bytes) for v in values), where
-    elif column.dtype == "str":
-        assert values.dtype.kind in "OU" and all(isinstance(v, str) for v in values), where
-    else:
-        assert values.dtype == np.dtype(column.dtype), f"{where}: dtype {values.dtype}"
-    if column.dtype not in ("wkb", "str"):
-        shape = values.shape[1:]
-        assert len(shape) == len(column.shape), f"{where}: shape {shape} != {column.shape}"
-        for got, want in zip(shape, column.shape, strict=True):
-            assert want is None or got == want, f"{where}: shape {shape} != {column.shape}"
-
-
 @pytest.mark.ray
 @pytest.mark.parametrize("name", UNITS)
 def test_unit_gives_the_same_outputs_in_process_and_on_ray(
@@ -332,34 +281,19 @@ def test_unit_gives_the_same_outputs_in_process_and_on_ray(
     unit = cls(config, artifacts)
     real_rows = {k: np.asarray(v)[real] for k, v in batch.items()}
     raw = unit(dict(real_rows))
-    _check_declared(cls, raw, int(real.sum()), config)
-    _assert_same(raw, cls(config, artifacts)(dict(real_rows)), f"{name} (second instance)")
+    check_outputs(cls, raw, int(real.sum()), config)
+    check_same(raw, cls(config, artifacts)(dict(real_rows)), f"{name} (second instance)")
     # through the engine's stage: in-process and on Ray
     kwargs = inputs.stage_kwargs(name)
     local = UnitStage(**kwargs)(dict(batch))
     remote = _on_ray(batch, kwargs)
-    _assert_same(local, remote, f"{name} (in-process vs Ray)")
+    check_same(local, remote, f"{name} (in-process vs Ray)")
 
 
 @pytest.mark.parametrize("name", UNITS)
 def test_unit_config_round_trips(name: str) -> None:
     """Defaults (and a trainable unit's tiny config) survive JSON and match the JSON Schema."""
-    cls = get_unit(name)
-    configs = [cls.validate_config({})]
-    if name in TINY_CONFIGS:
-        configs.append(cls.validate_config(TINY_CONFIGS[name]))
-    schema = cls.Config.model_json_schema()
-    assert schema.get("type") == "object"
-    for config in configs:
-        dumped = json.loads(json.dumps(config.model_dump(mode="json")))
-        again = cls.Config.model_validate(dumped)
-        assert again == config
-        assert cls.config_hash(again) == cls.config_hash(config)
-        try:
-            import jsonschema
-        except ImportError:
-            continue
-        jsonschema.validate(dumped, schema)
+    check_config(get_unit(name), [TINY_CONFIGS[name]] if name in TINY_CONFIGS else None)
 
 
 def test_suite_rejects_units_that_break_the_contract() -> None:
@@ -374,7 +308,7 @@ def test_suite_rejects_units_that_break_the_contract() -> None:
             return {"score": np.random.default_rng().random(len(batch["image"]))}  # float64
 
     batch = {"image": np.zeros((2, 4, 4, 3), np.uint8)}
-    with pytest.raises(AssertionError, match="dtype float64"):
-        _check_declared(Liar, Liar()(batch), 2)
-    with pytest.raises(AssertionError):
-        _assert_same(Liar()(batch), Liar()(batch), "liar")
+    with pytest.raises(ConformanceError, match="dtype float64"):
+        check_outputs(Liar, Liar()(batch), 2)
+    with pytest.raises(ConformanceError, match="values differ"):
+        check_same(Liar()(batch), Liar()(batch), "liar")
