@@ -24,7 +24,7 @@ from typing import Any
 
 from pathray.catalog import Catalog
 from pathray.catalog.records import Run
-from pathray.errors import NotFoundError
+from pathray.errors import NotFoundError, PathRayError
 from pathray.results.overlay import Layer, label_color
 from pathray.results.tile_classes import TILE_LABEL
 
@@ -143,14 +143,22 @@ def slide_layers(catalog: Catalog, slide_id: int) -> list[LayerInfo]:
 
 def _class_maps(catalog: Catalog, run: Run, slide_id: int) -> list[LayerInfo]:
     """The class-map layers of a run without objects: one per unit that wrote tile classes."""
+    from pydantic import ValidationError
+
     from pathray.pipeline.spec import PipelineSpec  # the layer list needs it for such runs only
 
-    spec = PipelineSpec.model_validate(run.spec)
-    nodes = {node.id: node for node in spec.units}
+    tiles = catalog.result_locations(run_id=run.id, slide_id=slide_id, kind="tiles")
+    if not tiles:
+        return []
+    try:
+        spec = PipelineSpec.model_validate(run.spec)
+        nodes = {node.id: spec.unit_class(node) for node in spec.units}
+    except (PathRayError, ValidationError):  # a run recorded without a spec, a unit gone
+        return []
     out = []
-    for loc in catalog.result_locations(run_id=run.id, slide_id=slide_id, kind="tiles"):
-        node = nodes.get(loc.unit_name)
-        if node is None or not any(c.name == TILE_LABEL for c in spec.unit_class(node).outputs):
+    for loc in tiles:
+        cls = nodes.get(loc.unit_name)
+        if cls is None or not any(c.name == TILE_LABEL for c in cls.outputs):
             continue
         classes = _model_classes(catalog, run, loc.unit_name)
         out.append(
@@ -183,11 +191,14 @@ def _hex(rgb: tuple[int, int, int]) -> str:
 
 def _model_classes(catalog: Catalog, run: Run, unit: str) -> list[str]:
     """The class names of the model a run's node ran (its card), or none when it has no card."""
-    nodes, _ = catalog.pipeline_graph(run.pipeline_name, run.pipeline_version)
-    node = nodes.get(unit)
-    if node is None or node.model_version_id is None:
+    try:
+        nodes, _ = catalog.pipeline_graph(run.pipeline_name, run.pipeline_version)
+        node = nodes.get(unit)
+        if node is None or node.model_version_id is None:
+            return []
+        card = catalog.model_version_by_id(node.model_version_id).card or {}
+    except PathRayError:  # a pipeline or model no longer in the catalog: no legend, still a map
         return []
-    card = catalog.model_version_by_id(node.model_version_id).card or {}
     return [str(name) for name in card.get("class_names") or []]
 
 
