@@ -14,37 +14,22 @@ import pytest
 if TYPE_CHECKING:
     from pathray.catalog import Catalog
 
-#: The session's exit status, kept from ``pytest_sessionfinish`` for ``pytest_unconfigure``.
-_EXIT_STATUS = pytest.StashKey[int]()
-
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Stop the local Ray that engine tests started in this process, while pytest still runs.
 
     Left to Ray's ``atexit`` hook, the shutdown runs during interpreter finalisation, next to
     the teardown of every other native library's threads (Lance, torch, numba).
+    :func:`pathray.engine.cluster.shutdown` also waits for (and ends) the local Ray's processes,
+    as the CLI does. Whole-suite runs once segfaulted after the summary line; the likely cause
+    was found in the engine (a cancelled run's Ray Data threads calling Ray again after its
+    shutdown, once even starting a new local Ray while the process exited), and a run cut short
+    now stops its stream (:mod:`pathray.engine.streaming`), so the suite finalises normally.
     """
-    session.config.stash[_EXIT_STATUS] = int(exitstatus)
-    ray = sys.modules.get("ray")
-    if ray is not None and ray.is_initialized():
-        ray.shutdown()
+    if "ray" in sys.modules:
+        from pathray.engine import cluster
 
-
-@pytest.hookimpl(trylast=True)
-def pytest_unconfigure(config: pytest.Config) -> None:
-    """Leave without interpreter finalisation once every result is reported and written.
-
-    Two clean-clone runs of the whole suite segfaulted after the summary line, with no Python
-    frame even under the fault handler: a native library's teardown, not a test (the test
-    folders run alone exit cleanly). The suite's verdict is final here, so the process exits
-    with it directly. ``PATHRAY_TEST_NO_OS_EXIT=1`` finalises normally instead, to check
-    whether the crash is gone (see "Where the code still differs" in docs/architecture.md).
-    """
-    status = config.stash.get(_EXIT_STATUS, None)
-    if status is not None and not os.environ.get("PATHRAY_TEST_NO_OS_EXIT"):
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(status)
+        cluster.shutdown()
 
 
 # =============================================================================================

@@ -50,7 +50,7 @@ def stream_dataset(
         target=_pull, args=(dataset, counts, stop), name="pathray-batches", daemon=True
     )
     puller.start()
-    processed, last_sync = 0, time.monotonic()
+    processed = 0
     try:
         while True:
             try:
@@ -62,17 +62,10 @@ def stream_dataset(
             if item is None:
                 return processed, False
             if item:
-                if "first_batch" not in tracker.phases:
-                    tracker.phase("first_batch")
                 processed += item
-                tracker.done += item
-                if progress:
-                    progress(tracker.done, tracker.total)
-            if time.monotonic() - last_sync > 1.0:
-                tracker.sync(monitor)
-                last_sync = time.monotonic()
-                if tracker.catalog.cancel_requested(tracker.run_id):
-                    return processed, True
+                tracker.batch_done(item, progress)
+            if tracker.poll(monitor):
+                return processed, True
     finally:
         stop.set()  # a no-op once the stream ended; else the puller leaves at its next batch
         if puller.is_alive():  # cancelled or interrupted while batches were still coming
@@ -138,6 +131,23 @@ class Tracker:
         }
         self.phases: dict[str, float] = {}
         self._phase_start = started  # perf_counter() when the run's call began
+        self._last_sync = time.monotonic()
+
+    def batch_done(self, tiles: int, progress: Progress | None) -> None:
+        """Count a batch's tiles (the first batch ends the ``first_batch`` phase)."""
+        if "first_batch" not in self.phases:
+            self.phase("first_batch")
+        self.done += tiles
+        if progress:
+            progress(self.done, self.total)
+
+    def poll(self, monitor: Any) -> bool:
+        """Sync the progress at most once a second; whether a cancel was requested then."""
+        if time.monotonic() - self._last_sync <= 1.0:
+            return False
+        self.sync(monitor)
+        self._last_sync = time.monotonic()
+        return self.catalog.cancel_requested(self.run_id)
 
     def phase(self, name: str) -> None:
         """Record that phase ``name`` (begun when the previous one ended) ends now."""

@@ -7,7 +7,6 @@ The pools themselves (detached unit actors, their keys, leases and idle release)
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict
 from typing import Any
 
@@ -135,7 +134,7 @@ def stream_warm(
     starts = list(range(0, refs.num_rows, rows))
     window = 2 * max(len(pool.actors) for pool in pools) + 1
     in_flight: dict[Any, int] = {}
-    sent, processed, last_sync = 0, 0, time.monotonic()
+    sent, processed = 0, 0
 
     def send(n: int) -> None:
         start = starts[n]
@@ -155,16 +154,9 @@ def stream_warm(
         for ref in ready:
             del in_flight[ref]
             tiles = int(np.asarray(ray.get(ref)["tiles"]).sum())
-            if "first_batch" not in tracker.phases:
-                tracker.phase("first_batch")
             processed += tiles
-            tracker.done += tiles
-            if progress:
-                progress(tracker.done, tracker.total)
-        if time.monotonic() - last_sync > 1.0:
-            tracker.sync(monitor)
-            last_sync = time.monotonic()
-            if tracker.catalog.cancel_requested(tracker.run_id):
-                for ref in in_flight:
-                    ray.cancel(ref)  # queued batches go; a batch being computed finishes
-                return processed, True
+            tracker.batch_done(tiles, progress)
+        if tracker.poll(monitor):
+            for ref in in_flight:
+                ray.cancel(ref)  # queued batches go; a batch being computed finishes
+            return processed, True

@@ -447,7 +447,7 @@ def _run_columns(uri: Location) -> frozenset[str]:
 
 
 def run_provenance(
-    catalog: Catalog, run_id: str, slide_id: int, unit: str | None
+    catalog: Catalog, run_id: str, slide_id: int, unit: str | None, kind: str = "objects"
 ) -> dict[str, Any]:
     """Provenance of a run's objects on a slide: run, pipeline, unit name and version.
 
@@ -456,6 +456,7 @@ def run_provenance(
         run_id: The run.
         slide_id: The slide.
         unit: The unit (pipeline node id); None picks the last one that produced objects.
+        kind: What the unit produced: ``objects``, or ``tiles`` (a class map's tile classes).
 
     Returns:
         ``{"run_id", "pipeline", "pipeline_version", "unit", "unit_version"}``.
@@ -464,12 +465,12 @@ def run_provenance(
         NotFoundError: The run does not exist, or recorded no objects of that unit.
     """
     run = catalog.get_run(run_id)
-    locations = catalog.result_locations(run_id=run_id, slide_id=slide_id, kind="objects")
+    locations = catalog.result_locations(run_id=run_id, slide_id=slide_id, kind=kind)
     if unit is not None:
         locations = [loc for loc in locations if loc.unit_name == unit]
     if not locations:
         which = f"unit {unit!r}" if unit else "any unit"
-        raise NotFoundError(f"Run {run_id!r} recorded no objects of {which} on slide {slide_id}.")
+        raise NotFoundError(f"Run {run_id!r} recorded no {kind} of {which} on slide {slide_id}.")
     loc = locations[-1]
     return {
         "run_id": run_id,
@@ -541,19 +542,7 @@ def _run_tile_classes(
     label: str | None,
 ) -> tuple[_Objects, str]:
     """A class map's tiles in a window, as objects: core boxes labelled with their class."""
-    run = catalog.get_run(layer.ref)
-    (loc, *_) = [
-        loc
-        for loc in catalog.result_locations(run_id=layer.ref, slide_id=slide_id, kind="tiles")
-        if loc.unit_name == layer.unit
-    ]
-    provenance = {
-        "run_id": run.id,
-        "pipeline": run.pipeline_name,
-        "pipeline_version": run.pipeline_version,
-        "unit": loc.unit_name,
-        "unit_version": loc.unit_version,
-    }
+    provenance = run_provenance(catalog, layer.ref, slide_id, layer.unit, kind="tiles")
     table = read_tile_classes(store, layer.ref, slide_id, box, label)
     total = table.num_rows
     fine = mode == "polygons" or (mode == "auto" and fine_zoom and total <= cap)
